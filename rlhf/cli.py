@@ -1,0 +1,79 @@
+"""The `rlhf` command: one subcommand per pipeline stage.
+
+Stage options come from the stage's config dataclass (`--field value`, or `--config FILE.yaml`); only the chosen
+stage is imported, so `rlhf --help` is quick. A `UserError` is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from rlhf import __version__
+from rlhf.errors import UserError
+
+# name -> (module, config class, one-line help). Each module has `run(cfg)`.
+STAGES: dict[str, tuple[str, str, str]] = {
+    "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on text or prompt/response JSONL"),
+    "sample": ("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
+    "demo": ("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
+}
+# name -> (module with register(subparsers), help)
+GROUPS: dict[str, tuple[str, str]] = {
+    "label": ("rlhf.labeling.cli", "preference collection: tasks, users, web app, simulated labelers, import/export"),
+}
+
+
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    from rlhf.config import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="rlhf", description="RLHF with PPO, end to end: SFT -> preferences -> "
+                                     "reward model -> PPO -> evaluation.")
+    parser.add_argument("--version", action="version", version=f"rlhf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, cls_name, help_) in STAGES.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            add_config_arguments(p, getattr(importlib.import_module(module), cls_name))
+    for name, (module, help_) in GROUPS.items():
+        if name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+        if args.command is None:
+            parser.print_help()
+            return 1
+        if args.command in GROUPS:
+            return int(args.func(args) or 0)
+        from rlhf.config import load_config, overrides_from_args
+
+        module, cls_name, _ = STAGES[args.command]
+        mod = importlib.import_module(module)
+        cfg = load_config(getattr(mod, cls_name), args.config, overrides_from_args(args), section=args.command)
+        mod.run(cfg)
+        return 0
+    except UserError as e:
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlhf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

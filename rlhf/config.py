@@ -1,0 +1,179 @@
+"""Typed stage configs: load YAML, apply `--key value` overrides, validate, save next to the outputs.
+
+Each stage has one dataclass whose fields carry a help string (`field(metadata={"help": ...})`) and a
+`validate()` that raises `ConfigError` naming the field and the fix. The same dataclass generates the
+stage's command-line options, so a YAML key, a CLI flag and a Python attribute are the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlhf.errors import ConfigError, UserError
+from rlhf.io import atomic_write_text
+
+C = TypeVar("C")
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A config field with a help string (the one way fields are declared)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for `X | None` / `Optional[X]`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
+    """Convert a YAML or CLI value to the field's type, or raise ConfigError naming the field."""
+    inner, optional = _base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: field '{name}' of {cls.__name__} cannot be empty (expected {inner.__name__})")
+    try:
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if inner is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if inner is str:
+            return str(value)
+        if typing.get_origin(inner) is list:
+            (item_tp,) = typing.get_args(inner) or (str,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip()]
+            return [_coerce(cls, name, item_tp, v, source) for v in value]
+        if typing.get_origin(inner) is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+    except (TypeError, ValueError):
+        tname = getattr(inner, "__name__", str(inner))
+        raise ConfigError(f"{source}: field '{name}' of {cls.__name__} expects {tname}, got {value!r}") from None
+    return value
+
+
+def _unknown_key_error(cls: type, key: str, source: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(names)}"
+    return ConfigError(f"{source}: unknown key '{key}' for {cls.__name__}{hint}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of key: value at the top level")
+    return data
+
+
+def build_config(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Make `cls(**values)` with type coercion; unknown keys raise a ConfigError naming the closest valid key."""
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in types_:
+            raise _unknown_key_error(cls, key, source)
+        kwargs[key] = _coerce(cls, key, types_[key], value, source)
+    cfg = cls(**kwargs)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                section: str | None = None) -> C:
+    """Defaults ← YAML file (its `section:` mapping if it has one) ← overrides; then validate()."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        data = load_yaml(path)
+        if section and isinstance(data.get(section), dict):
+            data = data[section]
+            source = f"{path} [{section}]"
+        else:
+            source = str(path)
+        values.update(data)
+    if overrides:
+        values.update(overrides)
+        source = f"{source} + command line" if path else "command line"
+    return build_config(cls, values, source)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) so the run can be reproduced from its folder."""
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--field_name` option per dataclass field (also accepted as `--field-name`), help from metadata."""
+    parser.add_argument("--config", default=None, help="YAML file with values for the options below")
+    group = parser.add_argument_group(f"{cls.__name__} options (override the YAML file)")
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        flags = [f"--{f.name}"]
+        if "_" in f.name:
+            flags.append(f"--{f.name.replace('_', '-')}")
+        group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar="V",
+                           help=f"{f.metadata.get('help', '')} (default: {default!r})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
+def check(condition: bool, field: str, problem: str, fix: str) -> None:
+    """`validate()` helper: raise ConfigError('field: problem; fix') unless condition holds."""
+    if not condition:
+        raise ConfigError(f"config field '{field}': {problem}; {fix}")

@@ -1,0 +1,114 @@
+"""Sampling responses with `transformers` generate, and log-probs of given responses under a model.
+
+Layout used everywhere: a batch is `[prompt (left-padded, P) | response (right-padded, R)]`, so response token t of
+every row sits at column P + t. Response masks are True up to and including the first EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from rlhf.core import entropy_from_logits, logprobs_from_logits
+
+
+@dataclass
+class Batch:
+    """Prompt+response token batch. prompt: (B, P) left-padded; response: (B, R) right-padded."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor  # bool, True = real response token (incl. the first EOS)
+    ended: torch.Tensor | None = None  # (B,) bool: the response contains an EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask.long(), self.response_mask.long()], dim=1)
+
+    def index(self, idx: torch.Tensor | slice) -> Batch:
+        return Batch(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx], self.response_mask[idx],
+                     None if self.ended is None else self.ended[idx])
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids, mask) left-padded to the longest."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(seqs: list[list[int]], pad_id: int, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    n = length if length is not None else max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, R) -> (ids with everything after the first EOS set to pad, mask True through the first EOS, ended (B,))."""
+    is_eos = response_ids == eos_token_id
+    # position of the first EOS, or R when there is none
+    R = response_ids.shape[1]
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], R, dtype=torch.long))
+    positions = torch.arange(R, device=response_ids.device)[None]
+    mask = positions <= first[:, None]
+    ids = torch.where(mask, response_ids, torch.full_like(response_ids, pad_token_id))
+    return ids, mask, is_eos.any(1)
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int, pad_token_id: int,
+             stop_at_eos: bool = True, min_new_tokens: int = 0) -> Batch:
+    """Sample one response per (left-padded) prompt row with the KV cache; responses cut after the first EOS."""
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+        do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
+        # stop_at_eos=False: fixed-length responses (benchmarks); the EOS id is still used for truncation
+        eos_token_id=eos_token_id if stop_at_eos else None, pad_token_id=pad_token_id, use_cache=True,
+    )
+    if was_training:
+        model.train()
+    response = out[:, prompt_ids.shape[1]:]
+    ids, mask, ended = truncate_after_eos(response, eos_token_id, pad_token_id)
+    return Batch(prompt_ids, prompt_mask, ids, mask, ended)
+
+
+def forward_response_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """(B, R, V) logits that predict each response token (the LM head only runs on those positions)."""
+    attn = batch.attention_mask
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    R = batch.response_ids.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
+                logits_to_keep=R + 1)
+    return out.logits[:, :-1]  # position P-1+t predicts response token t
+
+
+def response_logprobs(model: PreTrainedModel, batch: Batch, temperature: float = 1.0,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, R) log-probs of the response tokens (0 at padding), and optionally per-token entropy.
+
+    The temperature must be the sampling temperature, or PPO's first ratio is not 1.
+    """
+    logits = forward_response_logits(model, batch).float()
+    logp = logprobs_from_logits(logits, batch.response_ids, temperature) * batch.response_mask
+    ent = entropy_from_logits(logits, temperature) * batch.response_mask if with_entropy else None
+    return logp, ent

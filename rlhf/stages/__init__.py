@@ -1,0 +1,1 @@
+"""Pipeline stages: each a `XConfig` dataclass and a `run(cfg) -> Path`."""

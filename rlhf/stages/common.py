@@ -1,0 +1,110 @@
+"""Shared plumbing for stages: seeding, devices, checkpoints, RNG state, progress display."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rlhf.io import atomic_write_text, fsync_dir
+
+console = Console(stderr=True)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1) -> Any:
+    """An `accelerate.Accelerator`; device 'cpu' forces CPU (and gloo for multi-process CPU runs)."""
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "1")  # plain Accelerator() on a GPU-less box skips DDP sync
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+def progress(transient: bool = False) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=transient, disable=os.environ.get("RLHF_NO_PROGRESS") == "1")
+
+
+def save_checkpoint_dir(build: Any, final_dir: Path) -> Path:
+    """Atomically replace `final_dir`: `build(tmp_dir)` writes everything into a temporary sibling, which is
+    then renamed into place (the old checkpoint stays valid until the rename)."""
+    final_dir = Path(final_dir)
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    for p in tmp.iterdir():  # flush file contents before the rename makes them visible
+        if p.is_file():
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    if final_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final_dir, old)
+    os.replace(tmp, final_dir)
+    fsync_dir(final_dir.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return final_dir
+
+
+def recover_checkpoint_dir(final_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `final_dir`, or its `.old` twin if a crash hit between the two renames."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        return final_dir
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    return old if old.exists() else None
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    """`summary.json` is written last: its presence marks the stage as complete."""
+    return atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def stage_done(out_dir: Path) -> bool:
+    return (Path(out_dir) / "summary.json").exists()
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt

@@ -1,0 +1,120 @@
+"""Sampling: K responses per prompt from a model, written as JSONL for labeling.
+
+    rlhf sample --model runs/x/sft --prompts runs/x/data/prompts_train.jsonl --k 4 --out runs/x/samples.jsonl
+
+Each output row: {prompt_id, prompt, responses: [K strings], ended: [K bools: the response emitted EOS],
+model, sampling: {temperature, top_p, top_k, max_new_tokens, seed}}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import check, opt, save_config
+from rlhf.errors import UserError
+from rlhf.io import atomic_write_text, read_jsonl
+from rlhf.stages.common import console, progress, set_seed
+
+
+@dataclass
+class SampleConfig:
+    model: str = opt("", "hub id or local folder of the causal LM to sample from")
+    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own")
+    prompts: str = opt("", "JSONL of prompts: rows {'prompt_id', 'prompt'} (prompt_id optional)")
+    out: str = opt("runs/samples.jsonl", "output JSONL file")
+    k: int = opt(4, "responses per prompt")
+    max_prompts: int = opt(0, "use at most N prompts (0 = all)")
+    temperature: float = opt(1.0, "sampling temperature (> 0)")
+    top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off)")
+    top_k: int = opt(0, "top-k sampling (0 = off)")
+    max_new_tokens: int = opt(48, "longest response in tokens; generation stops earlier at EOS")
+    batch_size: int = opt(64, "sequences generated together")
+    seed: int = opt(0, "sampling seed")
+    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    device: str = opt("auto", "auto, cpu or cuda")
+
+    def validate(self) -> None:
+        check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")
+        check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")
+        check(self.k >= 1, "k", f"{self.k} responses per prompt", "use k >= 1")
+        check(self.temperature > 0, "temperature", "must be > 0 (0 would divide the logits by zero)",
+              "use a small value like 0.1 for near-greedy sampling")
+        check(0 < self.top_p <= 1, "top_p", f"{self.top_p} is outside (0, 1]", "use a value in (0, 1]")
+        check(self.top_k >= 0, "top_k", "must be >= 0", "use 0 to turn it off")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", "use 1 or more")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", "use 1 or more")
+
+
+def run(cfg: SampleConfig) -> Path:
+    from rlhf.models.generation import generate, left_pad
+    from rlhf.models.loading import load_causal_lm, load_tokenizer
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out.with_suffix(".config.yaml"))
+    set_seed(cfg.seed)
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+    # 1. prompts, model, tokenizer
+    rows = read_jsonl(cfg.prompts, required=("prompt",))
+    if cfg.max_prompts:
+        rows = rows[: cfg.max_prompts]
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    model = load_causal_lm(cfg.model, cfg.dtype).to(device).eval()
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    encoded = encode_prompts(rows, tokenizer, cfg.prompts, context, cfg.max_new_tokens)
+
+    # 2. generate K per prompt in batches of whole rows; prompts sorted by length to keep padding small
+    flat = [(i, j) for i in sorted(range(len(rows)), key=lambda i: len(encoded[i])) for j in range(cfg.k)]
+    responses: list[list[str]] = [[""] * cfg.k for _ in rows]
+    ended: list[list[bool]] = [[False] * cfg.k for _ in rows]
+    t0, n_tokens = time.perf_counter(), 0
+    with progress() as bar:
+        task = bar.add_task("sample", total=len(flat), info="")
+        for start in range(0, len(flat), cfg.batch_size):
+            chunk = flat[start: start + cfg.batch_size]
+            ids, mask = left_pad([encoded[i] for i, _ in chunk], tokenizer.pad_token_id)
+            b = generate(model, ids.to(device), mask.to(device), max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            n_tokens += int(b.response_mask.sum())
+            for row, (i, j) in enumerate(chunk):
+                keep = b.response_mask[row] & (b.response_ids[row] != tokenizer.eos_token_id)
+                responses[i][j] = tokenizer.decode(b.response_ids[row][keep], skip_special_tokens=True)
+                ended[i][j] = bool(b.ended[row])
+            bar.update(task, advance=len(chunk), info=f"{n_tokens / (time.perf_counter() - t0):.0f} tok/s")
+
+    # 3. write atomically
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append(json.dumps({"prompt_id": str(r.get("prompt_id", i)), "prompt": r["prompt"],
+                                 "responses": responses[i], "ended": ended[i], "model": cfg.model,
+                                 "sampling": sampling}, ensure_ascii=False))
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    eos_rate = sum(map(sum, ended)) / max(1, len(rows) * cfg.k)
+    console.print(f"[sample] {len(rows)} prompts x {cfg.k} responses, EOS rate {eos_rate:.2f}, "
+                  f"{n_tokens / (time.perf_counter() - t0):.0f} tokens/s -> {out}")
+    return out
+
+
+def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, source: str, context: int | None,
+                   max_new_tokens: int) -> list[list[int]]:
+    """Tokenise prompts (with BOS where the tokenizer adds one); error if prompt + response cannot fit."""
+    encoded = []
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r["prompt"], str) or not r["prompt"].strip():
+            raise UserError(f"{source}: row {i}: field 'prompt' is empty or not a string")
+        ids = tokenizer(r["prompt"])["input_ids"]
+        if context is not None and len(ids) + max_new_tokens > context:
+            raise UserError(f"{source}: row {i}: prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} "
+                            f"exceeds the model's context of {context}; shorten the prompt or lower max_new_tokens")
+        encoded.append(ids)
+    return encoded

@@ -1,0 +1,342 @@
+"""Supervised fine-tuning: train a causal LM on plain text (pre-training the tiny base) or on prompt/response pairs
+(loss on response tokens only). Runs through `accelerate`, so the same command works on CPU, one GPU or several
+processes (`accelerate launch -m rlhf.cli sft ...`).
+
+    rlhf sft --model tiny:small --data runs/x/data/pretrain_train.jsonl --eval_data .../pretrain_val.jsonl --out runs/x/base
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import check, opt, save_config
+from rlhf.errors import UserError
+from rlhf.io import MetricsLogger, read_jsonl
+from rlhf.stages.common import (
+    console,
+    make_accelerator,
+    progress,
+    recover_checkpoint_dir,
+    rng_state,
+    save_checkpoint_dir,
+    set_rng_state,
+    set_seed,
+    write_summary,
+)
+
+IGNORE = -100  # label id that cross-entropy skips (prompt tokens and padding)
+
+
+@dataclass
+class SFTConfig:
+    model: str = opt("tiny:small", "hub id or local folder of a causal LM, or 'tiny:NAME' to build a tiny model "
+                     "from config (tiny, small, medium)")
+    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own (for 'tiny:' models: trained "
+                         "on the training data)")
+    tokenizer_vocab_size: int = opt(2048, "vocabulary size of a tokenizer trained for a 'tiny:' model")
+    data: str = opt("", "training JSONL: rows {'text'} (plain LM) or {'prompt','response'} (loss on response only)")
+    eval_data: str = opt("", "validation JSONL in the same format (empty = no evaluation)")
+    out: str = opt("runs/sft", "output folder (HF model + tokenizer, config.yaml, metrics.jsonl, checkpoint/)")
+    max_length: int = opt(128, "longest tokenised example (incl. BOS/EOS); a longer one is an error, not cut")
+    epochs: float = opt(1.0, "passes over the training data (fractions allowed)")
+    max_steps: int = opt(0, "optimiser steps; 0 = from epochs")
+    batch_size: int = opt(32, "examples per micro-batch per process")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    lr: float = opt(3e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    schedule: str = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    warmup_steps: int = opt(20, "linear warm-up steps")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    eval_every: int = opt(100, "evaluate every N optimiser steps (and at the start and the end)")
+    eval_batches: int = opt(0, "evaluate on at most N batches (0 = the whole eval set)")
+    save_every: int = opt(200, "write checkpoint/ every N optimiser steps (0 = only at the end)")
+    log_every: int = opt(10, "log training metrics every N optimiser steps")
+    seed: int = opt(0, "seed for model init, data order and dropout")
+    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    device: str = opt("auto", "auto, cpu or cuda")
+    resume: bool = opt(False, "continue from out/checkpoint if it exists")
+
+    def validate(self) -> None:
+        check(bool(self.data), "data", "no training data given", "pass --data FILE.jsonl")
+        check(self.max_length >= 8, "max_length", f"{self.max_length} is too small", "use at least 8")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
+        check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
+        check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
+        check(self.schedule in ("cosine", "linear", "constant"), "schedule", f"unknown '{self.schedule}'",
+              "use cosine, linear or constant")
+        check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"unknown '{self.dtype}'", "use fp32, bf16 or fp16")
+        check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'", "use auto, cpu or cuda")
+
+
+def run(cfg: SFTConfig) -> Path:
+    """Train, evaluate, checkpoint; save an HF model folder at cfg.out. Returns cfg.out."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(cfg.device, grad_accum=cfg.grad_accum)
+    set_seed(cfg.seed)
+    if acc.is_main_process:
+        save_config(cfg, out / "config.yaml")
+
+    # 1. data and tokenizer
+    train_rows = read_jsonl(cfg.data)
+    eval_rows = read_jsonl(cfg.eval_data) if cfg.eval_data else []
+    tokenizer = _tokenizer(cfg, train_rows)
+    if acc.is_main_process:
+        tokenizer.save_pretrained(out)  # saved first, so a resumed run uses exactly this tokenizer
+    model = _model(cfg, tokenizer)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or cfg.max_length
+    max_length = min(cfg.max_length, context)
+    train = tokenize_examples(train_rows, tokenizer, max_length, cfg.data)
+    evals = tokenize_examples(eval_rows, tokenizer, max_length, cfg.eval_data) if eval_rows else []
+    mode = "prompt/response" if "prompt" in train_rows[0] else "text"
+
+    # 2. optimiser and schedule
+    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * acc.num_processes))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    opt_ = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
+    model, opt_ = acc.prepare(model, opt_)
+
+    # 3. resume
+    step, micro = 0, 0
+    ckpt = recover_checkpoint_dir(out / "checkpoint") if cfg.resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        acc.unwrap_model(model).load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+        opt_.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, micro = state["step"], state["micro"]
+        console.print(f"resumed from {ckpt} at step {step}")
+    metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+
+    def log(row: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.log(row)
+
+    def save_checkpoint() -> None:
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+
+        def build(tmp: Path) -> None:
+            torch.save(acc.unwrap_model(model).state_dict(), tmp / "model.pt")
+            torch.save({"optimizer": opt_.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
+                        "step": step, "micro": micro}, tmp / "trainer_state.pt")
+
+        save_checkpoint_dir(build, out / "checkpoint")
+
+    if step == 0 and evals:
+        ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
+        log({"step": 0, **ev})
+        console.print(f"[sft] untrained model: eval loss {ev['eval/loss']:.3f}, perplexity {ev['eval/perplexity']:.1f}")
+
+    # 4. train: micro-batches in a seeded order per epoch; `micro` counts micro-batches for exact resume
+    model.train()
+    t_start, tokens_seen, t_log = time.perf_counter(), 0, time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task(f"sft ({mode})", total=total_steps, completed=step, info="")
+        batches = iter_batches(train, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes,
+                               pad_id=tokenizer.pad_token_id, start=micro)
+        loss_sum, loss_n = 0.0, 0
+        while step < total_steps:
+            batch = next(batches)
+            micro += 1
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(model):
+                out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"], use_cache=False)
+                acc.backward(out_.loss)
+                loss_sum += out_.loss.item()
+                loss_n += 1
+                tokens_seen += int(batch["attention_mask"].sum())
+                grad_norm = None
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                    opt_.step()
+                    sched.step()
+                    opt_.zero_grad(set_to_none=True)
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                dt = time.perf_counter() - t_log
+                row = {"step": step, "epoch": micro / max(1, math.ceil(len(train) / cfg.batch_size)),
+                       "sft/loss": loss_sum / loss_n, "sft/lr": sched.get_last_lr()[0],
+                       "throughput/tokens_per_s": tokens_seen * acc.num_processes / max(dt, 1e-9)}
+                if grad_norm is not None:
+                    row["sft/grad_norm"] = grad_norm
+                if not math.isfinite(row["sft/loss"]):
+                    raise UserError(f"training loss became {row['sft/loss']} at step {step}; lower --lr "
+                                    f"(now {cfg.lr}) or check the data")
+                log(row)
+                bar.update(task, info=f"loss {row['sft/loss']:.3f}")
+                loss_sum, loss_n, tokens_seen, t_log = 0.0, 0, 0, time.perf_counter()
+            if evals and (step % cfg.eval_every == 0 or step == total_steps):
+                ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
+                log({"step": step, **ev})
+                bar.update(task, info=f"eval ppl {ev['eval/perplexity']:.1f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                save_checkpoint()
+            bar.update(task, completed=step)
+
+    # 5. save the HF folder (loads with plain transformers) and mark the stage done
+    acc.wait_for_everyone()
+    summary: dict[str, Any] = {"steps": step, "mode": mode, "train_examples": len(train),
+                               "train_s": time.perf_counter() - t_start}
+    if evals:
+        summary.update(evaluate(model, evals, cfg, tokenizer.pad_token_id, acc))
+    if acc.is_main_process:
+        unwrapped = acc.unwrap_model(model)
+        unwrapped.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        write_summary(out, summary)
+        if metrics is not None:
+            metrics.close()
+    if "eval/perplexity" in summary:
+        console.print(f"[sft] done: {step} steps, eval perplexity {summary['eval/perplexity']:.2f} -> {out}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up to 1, then cosine/linear decay to 0 (or constant)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress_
+    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def _tokenizer(cfg: SFTConfig, rows: list[dict[str, Any]]) -> Any:
+    from rlhf.models.loading import load_tokenizer
+
+    if cfg.resume and (Path(cfg.out) / "tokenizer_config.json").exists():
+        return load_tokenizer(cfg.out)
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer)
+    if cfg.model.startswith("tiny:"):
+        from rlhf.models.tokenizer import train_bpe_tokenizer
+
+        texts = [r["text"] if "text" in r else f"{r.get('prompt', '')}{r.get('response', '')}" for r in rows]
+        return train_bpe_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size)
+    return load_tokenizer(cfg.model)
+
+
+def _model(cfg: SFTConfig, tokenizer: Any) -> Any:
+    if cfg.model.startswith("tiny:"):
+        from rlhf.models.registry import build_tiny_causal_lm
+
+        return build_tiny_causal_lm(cfg.model.split(":", 1)[1], tokenizer, seed=cfg.seed)
+    from rlhf.models.loading import load_causal_lm
+
+    model = load_causal_lm(cfg.model, cfg.dtype)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                        f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    return model
+
+
+def tokenize_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, source: str
+                      ) -> list[tuple[list[int], list[int]]]:
+    """Rows -> (input_ids, labels) with BOS (if the tokenizer adds one) and EOS; prompt tokens get label -100.
+
+    Raises UserError naming file, line and field for a bad row or an example longer than `max_length`.
+    """
+    if not rows:
+        raise UserError(f"{source}: no examples")
+    is_pair = "prompt" in rows[0]
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, r in enumerate(rows, start=1):
+        where = f"{source}: row {i}"
+        if is_pair:
+            for key in ("prompt", "response"):
+                if not isinstance(r.get(key), str):
+                    raise UserError(f"{where}: field '{key}' missing or not a string (prompt/response format)")
+            if not r["response"].strip():
+                raise UserError(f"{where}: field 'response' is empty")
+            prompt = tokenizer(r["prompt"])["input_ids"]
+            response = tokenizer(r["response"], add_special_tokens=False)["input_ids"] + [eos]
+            ids, labels = prompt + response, [IGNORE] * len(prompt) + response
+        else:
+            if not isinstance(r.get("text"), str) or not r["text"].strip():
+                raise UserError(f"{where}: field 'text' missing or empty (text format: one {{'text': ...}} per line; "
+                                "for pairs use {'prompt','response'})")
+            ids = tokenizer(r["text"])["input_ids"] + [eos]
+            labels = list(ids)
+            if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id:
+                labels[0] = IGNORE  # BOS is given, never predicted
+        if len(ids) > max_length:
+            raise UserError(f"{where}: {len(ids)} tokens, longer than max_length={max_length} (the model's "
+                            "context or --max_length); shorten the example or raise --max_length")
+        out.append((ids, labels))
+    return out
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def iter_batches(examples: list, batch_size: int, seed: int, rank: int, world: int, pad_id: int, start: int = 0):
+    """Endless micro-batches: each epoch a fresh seeded shuffle; rank r takes every world-th batch.
+    Skips the first `start` micro-batches (exact resume)."""
+    epoch, produced = 0, 0
+    while True:
+        order = list(range(len(examples)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        chunks = chunks[rank::world]
+        for idx in chunks:
+            if produced >= start:
+                yield collate([examples[i] for i in idx], pad_id)
+            produced += 1
+        epoch += 1
+
+
+@torch.no_grad()
+def evaluate(model: Any, examples: list, cfg: SFTConfig, pad_id: int, acc: Any) -> dict[str, float]:
+    """Token-weighted mean loss over the eval set (summed across processes) and its perplexity."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    bs = cfg.batch_size
+    chunks = [examples[i: i + bs] for i in range(0, len(examples), bs)][acc.process_index::acc.num_processes]
+    if cfg.eval_batches:
+        chunks = chunks[: cfg.eval_batches]
+    for chunk in chunks:
+        b = {k: v.to(acc.device) for k, v in collate(chunk, pad_id).items()}
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(),
+                                                 ignore_index=IGNORE, reduction="sum")
+        total += loss
+        count += (b["labels"][:, 1:] != IGNORE).sum()
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    if was_training:
+        model.train()
+    mean = float(total / count.clamp(min=1))
+    return {"eval/loss": mean, "eval/perplexity": math.exp(min(mean, 50.0))}
