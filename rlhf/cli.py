@@ -19,6 +19,8 @@ from rlhf.errors import UserError
 STAGES: dict[str, tuple[str, str, str]] = {
     "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on text or prompt/response JSONL"),
     "sample": ("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
+    "reward": ("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
+    "ppo": ("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
     "demo": ("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
 }
 # name -> (module with register(subparsers), help)

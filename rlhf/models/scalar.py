@@ -40,3 +40,18 @@ def score_at_last_token(model: PreTrainedModel, input_ids: torch.Tensor, attenti
     values = per_token_scalars(model, input_ids, attention_mask)
     idx = last_token_index(attention_mask)
     return values.gather(1, idx[:, None]).squeeze(1)
+
+
+class PerTokenScalar(torch.nn.Module):
+    """Wraps a scalar-head model so that `forward(input_ids, attention_mask)` gives (B, T) per-token values.
+
+    Going through `forward` (not the submodules) keeps DDP's gradient synchronisation working when the value
+    model is wrapped by `accelerate`.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return per_token_scalars(self.model, input_ids, attention_mask)

@@ -1,0 +1,29 @@
+"""The RLHF math: pure functions on tensors, importing only torch. See ARCHITECTURE.md for the contract.
+
+All tensors are (B, T) over response tokens unless stated; `mask` is bool, True = a real token, right-padded.
+Outputs at masked positions are 0. Bad input raises ValueError naming the problem and the fix.
+"""
+
+from rlhf.core.kl import KL_KINDS, AdaptiveKLController, FixedKLController, kl_estimate, shape_rewards
+from rlhf.core.logits import entropy_from_logits, logprobs_from_logits
+from rlhf.core.ppo import gae, ppo_policy_loss, ppo_value_loss
+from rlhf.core.preference import pairwise_loss, ranking_to_pairs
+from rlhf.core.stats import masked_mean, masked_var, masked_whiten
+
+__all__ = [
+    "KL_KINDS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "entropy_from_logits",
+    "gae",
+    "kl_estimate",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "pairwise_loss",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "ranking_to_pairs",
+    "shape_rewards",
+]

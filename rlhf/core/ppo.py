@@ -1,0 +1,135 @@
+"""PPO: generalised advantage estimation, the clipped policy loss and the clipped value loss."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf.core._checks import check_2d, check_mask, check_number, check_rows, check_same_shape, check_tensor
+from rlhf.core.stats import masked_mean, masked_var
+
+
+def _zero_masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # torch.where, not x * mask: garbage (inf/NaN) at padded positions must give neither values nor NaN gradients.
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _check_inputs(fn: str, mask: torch.Tensor, first: str, x: torch.Tensor, **others: torch.Tensor) -> None:
+    check_tensor(fn, first, x)
+    check_2d(fn, first, x)
+    check_same_shape(fn, first, x, **others)
+    check_mask(fn, mask, x, first)
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each response, computed without gradients.
+
+    rewards, values, mask: (B, T), mask right-padded with >= 1 valid token per row.
+    delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last valid token (the episode ends there);
+    A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V. Returns (advantages, returns), each (B, T),
+    0 at masked positions, not whitened.
+    """
+    # Schulman et al. 2015, "High-Dimensional Continuous Control Using Generalized Advantage Estimation", eq. 16.
+    fn = "gae"
+    _check_inputs(fn, mask, "rewards", rewards, values=values)
+    gamma = check_number(fn, "gamma", gamma, low=0.0, high=1.0)
+    lam = check_number(fn, "lam", lam, low=0.0, high=1.0)
+    check_rows(fn, mask)
+    with torch.no_grad():
+        r = _zero_masked(rewards, mask)
+        v = _zero_masked(values, mask)  # zeros after the last valid token are the terminal V = 0
+        next_v = torch.zeros_like(v[:, 0])
+        next_adv = torch.zeros_like(next_v)
+        advantages = []
+        for t in reversed(range(r.shape[1])):
+            delta = r[:, t] + gamma * next_v - v[:, t]
+            next_adv = delta + gamma * lam * next_adv  # padded steps have delta = 0 and stay 0
+            next_v = v[:, t]
+            advantages.append(next_adv)
+        adv = torch.stack(advantages[::-1], dim=1)
+        adv = _zero_masked(adv, mask)
+        return adv, _zero_masked(adv + v, mask)
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate policy loss, averaged over valid tokens.
+
+    logp (current policy, with grad), old_logp (policy that sampled), advantages, mask: (B, T).
+    Returns (loss, stats): loss is 0-dim; stats are detached 0-dim tensors:
+      clipfrac   fraction of valid tokens where the clipped term is the larger one (its gradient is 0 there),
+      approxkl   k3 estimate of KL(old || new) from the old policy's samples: mean(ratio - 1 - log ratio),
+      ratio_mean, ratio_min, ratio_max   of ratio = exp(logp - old_logp) over valid tokens.
+    """
+    fn = "ppo_policy_loss"
+    _check_inputs(fn, mask, "logp", logp, old_logp=old_logp, advantages=advantages)
+    eps = check_number(fn, "clip_range", clip_range, low=0.0, low_open=True)
+    log_ratio = _zero_masked(logp - old_logp, mask)
+    adv = _zero_masked(advantages, mask)
+    ratio = torch.exp(log_ratio)
+    # Schulman et al. 2017 (PPO), eq. 7, as a loss to minimise: max of the negated unclipped and clipped terms.
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
+    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    with torch.no_grad():
+        valid_ratio = ratio[mask]
+        stats = {
+            "clipfrac": masked_mean((loss_clipped > loss_unclipped).to(ratio.dtype), mask),
+            # k3 with the old policy as the sampler: KL(old || new) ~ ratio - 1 - log ratio (Schulman's KL blog).
+            "approxkl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_min": valid_ratio.min(),
+            "ratio_max": valid_ratio.max(),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_value: float | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Value loss 0.5 * mean((V - R)^2), with PPO-style clipping of V around the rollout values.
+
+    values (current, with grad), old_values (at rollout), returns, mask: (B, T).
+    With clip_range_value = c: V_clip = old + clip(V - old, -c, c), loss = 0.5 * mean(max((V-R)^2, (V_clip-R)^2)).
+    With None: 0.5 * mean((V - R)^2). Returns (loss, stats); stats are detached 0-dim tensors:
+      clipfrac             fraction of valid tokens where the clipped error is strictly larger (0 when None),
+      explained_variance   1 - var(R - V) / var(R) over valid tokens, with the `values` passed in
+                           (1 = perfect, 0 = no better than a constant; 0 when var(R) = 0, where it is undefined),
+      value_mean, return_mean.
+    """
+    fn = "ppo_value_loss"
+    _check_inputs(fn, mask, "values", values, old_values=old_values, returns=returns)
+    v = _zero_masked(values, mask)
+    ret = _zero_masked(returns, mask)
+    err = (v - ret) ** 2
+    if clip_range_value is None:
+        loss = 0.5 * masked_mean(err, mask)
+        clipped_more = torch.zeros_like(mask)
+    else:
+        c = check_number(fn, "clip_range_value", clip_range_value, low=0.0, low_open=True)
+        old = _zero_masked(old_values, mask)
+        # PPO value clipping (OpenAI baselines ppo2; Ziegler et al. 2019 lm-human-preferences).
+        v_clipped = old + torch.clamp(v - old, -c, c)
+        err_clipped = (v_clipped - ret) ** 2
+        loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+        clipped_more = err_clipped > err
+    with torch.no_grad():
+        var_returns = masked_var(ret, mask, unbiased=False)
+        var_residual = masked_var(ret - v, mask, unbiased=False)
+        if var_returns > 0:
+            explained = 1.0 - var_residual / var_returns
+        else:
+            explained = torch.zeros((), dtype=var_returns.dtype, device=var_returns.device)
+        stats = {
+            "clipfrac": masked_mean(clipped_more.to(v.dtype), mask),
+            "explained_variance": explained,
+            "value_mean": masked_mean(v, mask),
+            "return_mean": masked_mean(ret, mask),
+        }
+    return loss, stats

@@ -1,0 +1,636 @@
+"""PPO: train the policy (and a value function) against a reward model, with a KL penalty to a frozen reference.
+
+    rlhf ppo --policy runs/x/sft --reward runs/x/reward --prompts runs/x/data/prompts_train.jsonl --out runs/x/ppo
+
+Each update reads like the algorithm (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022):
+rollout -> score -> log-probs and values -> KL-shaped rewards -> GAE -> epochs of clipped minibatch updates.
+Every option, its default and its source: docs/ppo.md. Every metric: docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import check, opt, save_config
+from rlhf.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+    shape_rewards,
+)
+from rlhf.errors import UserError
+from rlhf.io import MetricsLogger, read_jsonl, write_jsonl
+from rlhf.stages.common import (
+    console,
+    make_accelerator,
+    progress,
+    recover_checkpoint_dir,
+    rng_state,
+    save_checkpoint_dir,
+    set_rng_state,
+    set_seed,
+    write_summary,
+)
+
+
+@dataclass
+class PPOConfig:
+    # models and data
+    policy: str = opt("", "the SFT model folder or hub id: the initial policy (and the reference unless --ref)")
+    ref: str = opt("", "reference model; empty = a frozen copy of --policy (with --lora_r: the policy, adapters off)")
+    reward: str = opt("", "reward model folder (from `rlhf reward`; its reward_config.json gain/bias are applied)")
+    value: str = opt("", "value model init; empty = the reward model's backbone (Ziegler et al. 2019)")
+    value_head_init: str = opt("zero", "value head start: zero (lm-human-preferences) or keep (the reward head)")
+    prompts: str = opt("", "JSONL of training prompts {'prompt_id', 'prompt'}")
+    out: str = opt("runs/ppo", "output folder: the trained policy (HF format), value/, metrics.jsonl, checkpoint/")
+    gold: str = opt("", "optional gold judge to log objective/gold: 'demo' (the demo task's sentiment judge)")
+    # rollout
+    updates: int = opt(100, "number of PPO updates (each: a rollout batch, then ppo_epochs of minibatch steps)")
+    rollout_batch_size: int = opt(64, "rollouts (prompts) per update, over all processes")
+    generation_batch_size: int = opt(0, "rollouts generated together; each chunk has its own seed so samples do "
+                                     "not depend on the process count (0 = the per-process batch)")
+    max_new_tokens: int = opt(48, "longest response in tokens")
+    temperature: float = opt(0.7, "sampling temperature, also used for every log-prob (lm-human-preferences: 0.7)")
+    top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off, the PPO default: samples must come from the policy)")
+    top_k: int = opt(0, "top-k sampling (0 = off)")
+    stop_at_eos: bool = opt(True, "stop generating a response at its first EOS (responses are cut there anyway)")
+    missing_eos_penalty: float | None = opt(None, "added to the score of a response without EOS, e.g. -1.0 (TRL)")
+    # rewards and advantages
+    kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive)")
+    kl_estimator: str = opt("k1", "per-token KL estimator in the reward: k1 (unbiased, standard) or k3 (>= 0)")
+    adaptive_kl: bool = opt(False, "steer beta toward kl_target (Ziegler et al. 2019)")
+    kl_target: float = opt(6.0, "target sequence KL (nats) for the adaptive controller")
+    kl_horizon: int = opt(10000, "adaptive controller horizon in rollouts")
+    gamma: float = opt(1.0, "discount (1.0: episodes are short and the score comes at the end)")
+    lam: float = opt(0.95, "GAE lambda")
+    whiten_rewards: bool = opt(False, "whiten the per-token rewards (scale only) before GAE")
+    # optimisation
+    ppo_epochs: int = opt(4, "passes over each rollout batch (4: Stiennon et al. 2020, TRL)")
+    num_minibatches: int = opt(4, "minibatches per epoch (per process)")
+    grad_accum: int = opt(1, "micro-batches per minibatch (memory only: the gradient is the same)")
+    cliprange: float = opt(0.2, "PPO ratio clip epsilon (Schulman et al. 2017)")
+    cliprange_value: float | None = opt(0.2, "value clip around the rollout values (None = unclipped MSE)")
+    vf_coef: float = opt(0.1, "value loss coefficient (TRL: 0.1)")
+    entropy_coef: float = opt(0.0, "entropy bonus coefficient (0 = off)")
+    target_approx_kl: float = opt(0.0, "stop an update's epochs early once approx KL exceeds this (0 = never)")
+    lr: float = opt(1e-5, "policy learning rate (Adam)")
+    value_lr: float = opt(0.0, "value learning rate (0 = same as lr)")
+    adam_eps: float = opt(1e-5, "Adam epsilon (1e-5: lm-human-preferences, the 37 PPO details)")
+    lr_schedule: str = opt("linear", "linear decay to 0 over the run, or constant")
+    max_grad_norm: float = opt(1.0, "clip each model's gradient norm to this (0 = off)")
+    # run
+    lora_r: int = opt(0, "train LoRA adapters of this rank instead of the full policy (0 = full fine-tune)")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    save_every: int = opt(20, "checkpoint every N updates (and on Ctrl-C / SIGTERM)")
+    log_samples_every: int = opt(10, "print and store a table of sample responses every N updates (0 = never)")
+    tensorboard: bool = opt(True, "also write TensorBoard logs to out/tb")
+    seed: int = opt(0, "seed for prompt order and sampling")
+    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    device: str = opt("auto", "auto, cpu or cuda")
+    resume: bool = opt(False, "continue from out/checkpoint if present")
+
+    def validate(self) -> None:
+        check(bool(self.policy), "policy", "no policy model given", "pass --policy SFT_FOLDER")
+        check(bool(self.reward), "reward", "no reward model given", "pass --reward REWARD_FOLDER")
+        check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")
+        check(self.updates >= 1, "updates", "must be >= 1", "set --updates")
+        check(self.temperature > 0, "temperature", "must be > 0", "use e.g. 0.7; greedy decoding cannot be trained")
+        check(0 < self.top_p <= 1, "top_p", f"{self.top_p} outside (0, 1]", "use 1.0")
+        check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"unknown '{self.kl_estimator}'", "use k1 or k3")
+        check(self.kl_coef >= 0, "kl_coef", "must be >= 0", "use e.g. 0.05")
+        check(self.value_head_init in ("zero", "keep"), "value_head_init", f"unknown '{self.value_head_init}'",
+              "use zero or keep")
+        check(self.lr_schedule in ("linear", "constant"), "lr_schedule", f"unknown '{self.lr_schedule}'",
+              "use linear or constant")
+        check(self.ppo_epochs >= 1 and self.num_minibatches >= 1 and self.grad_accum >= 1, "ppo_epochs",
+              "ppo_epochs, num_minibatches and grad_accum must be >= 1", "set them to 1 or more")
+        check(self.rollout_batch_size % self.num_minibatches == 0, "rollout_batch_size",
+              f"{self.rollout_batch_size} is not divisible by num_minibatches={self.num_minibatches}",
+              "make rollout_batch_size a multiple of num_minibatches x processes")
+        check((self.rollout_batch_size // self.num_minibatches) % self.grad_accum == 0, "grad_accum",
+              f"the minibatch of {self.rollout_batch_size // self.num_minibatches} is not divisible by {self.grad_accum}",
+              "choose grad_accum dividing rollout_batch_size / num_minibatches")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", "use 1 or more")
+        check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
+
+
+def run(cfg: PPOConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(cfg.device)
+    world = acc.num_processes
+    if cfg.rollout_batch_size % (cfg.num_minibatches * world):
+        raise UserError(f"config field 'rollout_batch_size': {cfg.rollout_batch_size} is not divisible by "
+                        f"num_minibatches x processes = {cfg.num_minibatches} x {world}; change one of them")
+    set_seed(cfg.seed)
+    if acc.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    local_batch = cfg.rollout_batch_size // world
+    gen_chunk = cfg.generation_batch_size or local_batch
+    if local_batch % gen_chunk:
+        raise UserError(f"config field 'generation_batch_size': {gen_chunk} does not divide the per-process batch "
+                        f"of {local_batch}; choose a divisor")
+
+    # 1. models: policy (trained), reference (frozen), reward (frozen), value (trained)
+    m = load_models(cfg, acc.device)
+    tok, policy, ref, reward, value = m.tokenizer, m.policy, m.ref, m.reward, m.value
+    prompts = encode_prompts(cfg, tok, m.context)
+    total_opt_steps = cfg.updates * cfg.ppo_epochs * cfg.num_minibatches
+    value_lr = cfg.value_lr or cfg.lr
+    opt_p = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
+    opt_v = torch.optim.Adam(value.parameters(), lr=value_lr, eps=cfg.adam_eps)
+
+    def lr_lambda(step: int) -> float:
+        return 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / total_opt_steps)
+
+    sched_p = torch.optim.lr_scheduler.LambdaLR(opt_p, lr_lambda)
+    sched_v = torch.optim.lr_scheduler.LambdaLR(opt_v, lr_lambda)
+    policy, value, opt_p, opt_v = acc.prepare(policy, value, opt_p, opt_v)
+    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef))
+    gold_fn = _gold_judge(cfg.gold)
+
+    # 2. resume: models, optimisers, schedulers, KL controller, RNG; the prompt position is the update index
+    start = 0
+    ckpt = recover_checkpoint_dir(out / "checkpoint") if cfg.resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        acc.unwrap_model(policy).load_state_dict(torch.load(ckpt / "policy.pt", weights_only=True), strict=False)
+        acc.unwrap_model(value).load_state_dict(torch.load(ckpt / "value.pt", weights_only=True))
+        opt_p.load_state_dict(state["opt_p"])
+        opt_v.load_state_dict(state["opt_v"])
+        sched_p.load_state_dict(state["sched_p"])
+        sched_v.load_state_dict(state["sched_v"])
+        kl_ctl.load_state_dict(state["kl_ctl"])
+        set_rng_state(state["rng"])
+        start = state["update"]
+        console.print(f"[ppo] resumed from {ckpt} after update {start}")
+    metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+    tb = _tensorboard(out, cfg.tensorboard and acc.is_main_process)
+
+    def save_checkpoint(update: int) -> None:
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+
+        def build(tmp: Path) -> None:
+            torch.save(_trainable_state(acc.unwrap_model(policy)), tmp / "policy.pt")
+            torch.save(acc.unwrap_model(value).state_dict(), tmp / "value.pt")
+            torch.save({"opt_p": opt_p.state_dict(), "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
+                        "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(), "rng": rng_state(),
+                        "update": update}, tmp / "trainer_state.pt")
+
+        save_checkpoint_dir(build, out / "checkpoint")
+
+    stop: dict[str, Any] = {"signal": None}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop["signal"] is not None:  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        console.print("[ppo] stopping after this update (checkpoint first); press Ctrl-C again to abort now")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    t_run = time.perf_counter()
+    last: dict[str, float] = {}
+    try:
+        with progress() as bar:
+            task = bar.add_task("ppo", total=cfg.updates, completed=start, info="")
+            for update in range(start + 1, cfg.updates + 1):
+                stats = ppo_update(cfg, update, acc, tok, policy, ref, reward, value, opt_p, opt_v, sched_p, sched_v,
+                                   kl_ctl, prompts, local_batch, gen_chunk, gold_fn, out, metrics)
+                last = stats
+                if metrics is not None:
+                    metrics.log(stats)
+                if tb is not None:
+                    for k, v in stats.items():
+                        tb.add_scalar(k, v, update)
+                bar.update(task, completed=update, info=f"score {stats['objective/scores']:+.3f} "
+                           f"kl {stats['objective/kl']:.3f} ev {stats['value/explained_variance']:.2f}")
+                if not math.isfinite(stats["loss/policy"]) or not math.isfinite(stats["objective/kl"]):
+                    raise UserError(f"update {update}: loss or KL is not finite (NaN/inf); lower --lr (now {cfg.lr}) "
+                                    f"or check the reward model's scores; run `rlhf doctor {out}`")
+                if stop["signal"] is not None:
+                    save_checkpoint(update)
+                    console.print(f"[ppo] stopped by signal {stop['signal']} after update {update}; checkpoint "
+                                  "saved; continue with --resume")
+                    raise KeyboardInterrupt
+                if cfg.save_every and update % cfg.save_every == 0 and update < cfg.updates:
+                    save_checkpoint(update)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if tb is not None:
+            tb.close()
+        if metrics is not None:
+            metrics.close()
+
+    # 3. save the policy (HF format, loads with plain transformers) and the value model; mark done
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = acc.unwrap_model(policy)
+        if cfg.lora_r:
+            final = final.merge_and_unload()
+        final.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        acc.unwrap_model(value).model.save_pretrained(out / "value", safe_serialization=True)
+        tok.save_pretrained(out / "value")
+        write_summary(out, {"updates": cfg.updates, "train_s": time.perf_counter() - t_run, "last": last})
+    console.print(f"[ppo] done: {cfg.updates} updates -> {out}")
+    return out
+
+
+def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref: Any, reward: Any, value: Any,
+               opt_p: Any, opt_v: Any, sched_p: Any, sched_v: Any, kl_ctl: Any, prompts: list[list[int]],
+               local_batch: int, gen_chunk: int, gold_fn: Any, out: Path, metrics: Any) -> dict[str, float]:
+    """One PPO update. Returns the logged metrics (reduced over processes)."""
+    from rlhf.models.generation import generate, left_pad, response_logprobs
+
+    t0 = time.perf_counter()
+    device = acc.device
+    unwrapped = acc.unwrap_model(policy)
+
+    # 1. rollout: this process's prompts; each chunk seeded by (seed, update, chunk) -> independent of process count
+    idx = prompt_indices(update, cfg.rollout_batch_size, len(prompts), cfg.seed)
+    idx = idx[acc.process_index * local_batch:(acc.process_index + 1) * local_batch]
+    chunks = []
+    for c in range(0, local_batch, gen_chunk):
+        global_chunk = (acc.process_index * local_batch + c) // gen_chunk
+        torch.manual_seed(cfg.seed * 1_000_003 + update * 10_007 + global_chunk)
+        p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
+        chunks.append(generate(unwrapped, p_ids.to(device), p_mask.to(device), max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                               stop_at_eos=cfg.stop_at_eos))
+    batch = _concat(chunks, tok.pad_token_id)
+    mask = batch.response_mask
+    t_gen = time.perf_counter()
+
+    # 2. score, and 3. log-probs (same temperature as sampling) and values, all without autograd
+    with torch.inference_mode():
+        scores, member_scores = reward(batch.input_ids, batch.attention_mask)
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(batch.ended, scores, scores + cfg.missing_eos_penalty)
+        old_logp, entropy = response_logprobs(unwrapped, batch, cfg.temperature, with_entropy=True)
+        with _reference(ref, unwrapped):
+            ref_logp, _ = response_logprobs(ref if ref is not None else unwrapped, batch, cfg.temperature)
+        old_values = response_values(acc.unwrap_model(value), batch)
+    t_score = time.perf_counter()
+
+    # 4. rewards: -beta * KL per token, plus the score at the last token (Ziegler et al. 2019)
+    old_logp, ref_logp, old_values = old_logp.clone(), ref_logp.clone(), old_values.clone()
+    kl_coef = kl_ctl.value
+    rewards = shape_rewards(scores.clone(), old_logp, ref_logp, mask, kl_coef, cfg.kl_estimator)
+    if cfg.whiten_rewards:
+        rewards = global_whiten(rewards, mask, acc, shift_mean=False)
+
+    # 5. advantages: GAE, then whitened over the whole batch (all processes)
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    adv_mean_raw = _global_masked_mean(advantages, mask, acc)
+    advantages = global_whiten(advantages, mask, acc)
+
+    # 6. optimise: epochs x minibatches x accumulation; token-weighted so that the split never changes the gradient
+    mb_size = local_batch // cfg.num_minibatches
+    micro_size = mb_size // cfg.grad_accum
+    policy.train()
+    value.train()
+    acc_stats: dict[str, list[float]] = {}
+    early_stopped = 0
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + update)
+    for _epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(local_batch, generator=gen).to(device)
+        epoch_kl = []
+        for mb_start in range(0, local_batch, mb_size):
+            mb = perm[mb_start:mb_start + mb_size]
+            n_tokens = _global_sum(mask[mb].sum().float(), acc)  # tokens in this minibatch over all processes
+            for micro_start in range(0, mb_size, micro_size):
+                ix = mb[micro_start:micro_start + micro_size]
+                sub, m_ = batch.index(ix), mask[ix]
+                # weight: masked_mean over this micro-batch x (its tokens / minibatch tokens) x processes
+                # = sum over the whole minibatch / its tokens, after DDP averages over processes
+                w = m_.sum().float() / n_tokens * acc.num_processes
+                logp, ent = response_logprobs(policy, sub, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
+                pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[ix], advantages[ix], m_, cfg.cliprange)
+                values = response_values(value, sub)
+                vf_loss, vf_stats = ppo_value_loss(values, old_values[ix], returns[ix], m_, cfg.cliprange_value)
+                ent_loss = -masked_mean(ent, m_) if ent is not None else torch.zeros((), device=device)
+                # PPO objective (Schulman et al. 2017, eq. 9): policy + c1 * value - c2 * entropy
+                loss = pg_loss + cfg.vf_coef * vf_loss + cfg.entropy_coef * ent_loss
+                acc.backward(loss * w)
+                for k, v in {"policy/clipfrac": pg_stats["clipfrac"], "policy/approxkl": pg_stats["approxkl"],
+                             "policy/ratio_mean": pg_stats["ratio_mean"], "loss/policy": pg_loss.detach(),
+                             "loss/value": vf_loss.detach(), "loss/entropy": ent_loss.detach(),
+                             "value/clipfrac": vf_stats["clipfrac"]}.items():
+                    acc_stats.setdefault(k, []).append(float(v) * float(w) / acc.num_processes)
+                acc_stats.setdefault("policy/ratio_max", []).append(float(pg_stats["ratio_max"]))
+                epoch_kl.append(float(pg_stats["approxkl"]) * float(w) / acc.num_processes)
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                acc.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
+            opt_p.step()
+            opt_v.step()
+            sched_p.step()
+            sched_v.step()
+            opt_p.zero_grad(set_to_none=True)
+            opt_v.zero_grad(set_to_none=True)
+        # early stop (Schulman et al. 2017 baselines / OpenAI Spinning Up): approx KL over this epoch too large
+        if cfg.target_approx_kl > 0 and _global_sum(torch.tensor(sum(epoch_kl) / cfg.num_minibatches), acc
+                                                    ) > cfg.target_approx_kl:
+            early_stopped = 1
+            break
+    t_train = time.perf_counter()
+
+    # 7. KL controller and metrics (reduced over processes)
+    seq_kl = (kl_estimate(old_logp, ref_logp, "k1") * mask).sum(1)
+    seq_kl3 = (kl_estimate(old_logp, ref_logp, "k3") * mask).sum(1)
+    non_score = -kl_coef * (kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * mask).sum(1)
+    mean_kl = _global_mean(seq_kl, acc)
+    kl_ctl.update(mean_kl, cfg.rollout_batch_size)
+    ev = _explained_variance(old_values, returns, mask, acc)
+    texts = [tok.decode(r[m_ & (r != tok.eos_token_id)], skip_special_tokens=True)
+             for r, m_ in zip(batch.response_ids, mask)] if gold_fn is not None or cfg.log_samples_every else None
+    stats = {
+        "step": update,
+        "objective/scores": _global_mean(scores, acc),
+        "objective/scores_std": math.sqrt(max(0.0, _global_mean(scores**2, acc) - _global_mean(scores, acc) ** 2)),
+        "objective/kl": mean_kl,
+        "objective/kl_k3": _global_mean(seq_kl3, acc),
+        "objective/kl_coef": kl_coef,
+        "objective/entropy": _global_masked_mean(entropy, mask, acc),
+        "objective/non_score_reward": _global_mean(non_score, acc),
+        "value/explained_variance": ev,
+        "value/mean": _global_masked_mean(old_values, mask, acc),
+        "returns/mean": _global_masked_mean(returns, mask, acc),
+        "advantages/mean_raw": adv_mean_raw,
+        "response/length_mean": _global_mean(mask.sum(1).float(), acc),
+        "response/eos_fraction": _global_mean(batch.ended.float(), acc),
+        "policy/early_stopped": early_stopped,
+        "lr/policy": sched_p.get_last_lr()[0],
+        "lr/value": sched_v.get_last_lr()[0],
+    }
+    stats["objective/rlhf_reward"] = stats["objective/scores"] + stats["objective/non_score_reward"]
+    n_steps = max(1, len(acc_stats["loss/policy"]) // cfg.grad_accum)  # optimiser steps taken
+    for k, vals in acc_stats.items():
+        stats[k] = max(vals) if k == "policy/ratio_max" else _global_sum(torch.tensor(sum(vals)), acc) / n_steps
+    if member_scores.shape[0] > 1:
+        stats["ensemble/disagreement"] = _global_mean(member_scores.std(0), acc)
+    if texts is not None:
+        stats["response/distinct2"] = _distinct_bigrams(texts)
+    if gold_fn is not None:
+        stats["objective/gold"] = _global_mean(torch.tensor(gold_fn(texts), device=device), acc)
+    stats["time/generate_s"] = t_gen - t0
+    stats["time/score_s"] = t_score - t_gen
+    stats["time/train_s"] = t_train - t_score
+    stats["time/update_s"] = time.perf_counter() - t0
+    n_tok = _global_sum(batch.attention_mask.sum().float(), acc)
+    stats["throughput/tokens_per_s"] = n_tok / stats["time/update_s"]
+    if cfg.log_samples_every and update % cfg.log_samples_every == 0 and acc.is_main_process:
+        _log_samples(out, update, tok, batch, texts, scores)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+@dataclass
+class Models:
+    tokenizer: Any
+    policy: Any
+    ref: Any  # None with LoRA: the policy with adapters disabled is the reference
+    reward: Any
+    value: Any
+    context: int | None
+
+
+def load_models(cfg: PPOConfig, device: torch.device) -> Models:
+    from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from rlhf.models.reward import load_reward_model
+    from rlhf.models.scalar import PerTokenScalar
+
+    tok = load_tokenizer(cfg.policy, padding_side="left")
+    policy = load_causal_lm(cfg.policy, cfg.dtype)
+    context = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
+    reward = load_reward_model(cfg.reward, dtype=cfg.dtype, device=str(device))
+    _check_tokenizers(tok, reward.tokenizer_path, cfg)
+    value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, cfg.dtype, pad_token_id=tok.pad_token_id,
+                                             init_head_std=0.0 if cfg.value_head_init == "zero" else None))
+    ref = None
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        if cfg.ref:
+            raise UserError("config fields 'lora_r' and 'ref': with LoRA the reference is the policy with adapters "
+                            "disabled; drop --ref")
+        policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules="all-linear", task_type="CAUSAL_LM"))
+    else:
+        ref = load_causal_lm(cfg.ref or cfg.policy, cfg.dtype).to(device).eval().requires_grad_(False)
+    _no_dropout(policy)
+    _no_dropout(value)
+    if ref is not None:
+        _no_dropout(ref)
+    reward.eval().requires_grad_(False)
+    return Models(tok, policy, ref, reward, value, context)
+
+
+def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[int]]:
+    """Tokenise every prompt once (no re-tokenisation per update); check they fit with the response."""
+    rows = read_jsonl(cfg.prompts, required=("prompt",))
+    out = []
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r["prompt"], str) or not r["prompt"].strip():
+            raise UserError(f"{cfg.prompts}: row {i}: field 'prompt' is empty or not a string")
+        ids = tok(r["prompt"])["input_ids"]
+        if context is not None and len(ids) + cfg.max_new_tokens > context:
+            raise UserError(f"{cfg.prompts}: row {i}: prompt of {len(ids)} tokens + max_new_tokens="
+                            f"{cfg.max_new_tokens} exceeds the model's context of {context}; shorten it or lower "
+                            "--max_new_tokens")
+        out.append(ids)
+    if len(out) < cfg.rollout_batch_size:
+        console.print(f"[ppo] note: {len(out)} prompts < rollout_batch_size {cfg.rollout_batch_size}: prompts repeat "
+                      "within an update")
+    return out
+
+
+def prompt_indices(update: int, batch: int, n: int, seed: int) -> list[int]:
+    """Global prompt indices for an update: consecutive slices of seeded per-epoch shuffles (resume needs only
+    the update index)."""
+    out = []
+    pos = (update - 1) * batch
+    while len(out) < batch:
+        epoch, offset = divmod(pos, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        take = min(batch - len(out), n - offset)
+        out.extend(order[offset:offset + take])
+        pos += take
+    return out
+
+
+def response_values(value_model: Any, batch: Any) -> torch.Tensor:
+    """(B, R) values V(s_t) of the state before each response token: the value head at position P-1+t.
+    `value_model` is a `PerTokenScalar` (possibly wrapped by DDP)."""
+    P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    v = value_model(batch.input_ids, batch.attention_mask)[:, P - 1:P - 1 + R]
+    return v * batch.response_mask
+
+
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, acc: Any, shift_mean: bool = True) -> torch.Tensor:
+    """masked_whiten with the mean and unbiased variance taken over all processes."""
+    if acc.num_processes == 1:
+        return masked_whiten(x, mask, shift_mean=shift_mean)
+    xm = x * mask
+    s = acc.reduce(torch.stack([xm.sum(), (xm * xm).sum(), mask.sum().to(x.dtype)]), "sum")
+    mean = s[0] / s[2]
+    var = (s[1] - s[2] * mean**2) / (s[2] - 1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def _global_sum(x: torch.Tensor, acc: Any) -> float:
+    x = torch.as_tensor(x, dtype=torch.float32, device=acc.device)
+    return float(acc.reduce(x, "sum")) if acc.num_processes > 1 else float(x)
+
+
+def _global_mean(x: torch.Tensor, acc: Any) -> float:
+    return _global_sum(x.float().sum(), acc) / _global_sum(torch.tensor(float(x.numel())), acc)
+
+
+def _global_masked_mean(x: torch.Tensor, mask: torch.Tensor, acc: Any) -> float:
+    return _global_sum((x * mask).sum(), acc) / _global_sum(mask.sum().float(), acc)
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, acc: Any) -> float:
+    """1 - Var(R - V) / Var(R) over all valid tokens of all processes (V = values at rollout time)."""
+    def var(x: torch.Tensor) -> float:
+        mean = _global_masked_mean(x, mask, acc)
+        return _global_masked_mean((x - mean) ** 2, mask, acc)
+
+    vr = var(returns)
+    return 1.0 - var(returns - values) / vr if vr > 0 else 0.0
+
+
+def _concat(chunks: list[Any], pad_id: int) -> Any:
+    """Join generation chunks: prompts re-left-padded, responses re-right-padded to common widths."""
+    from rlhf.models.generation import Batch
+
+    if len(chunks) == 1:
+        return chunks[0]
+    P = max(c.prompt_ids.shape[1] for c in chunks)
+    R = max(c.response_ids.shape[1] for c in chunks)
+
+    def pad(x: torch.Tensor, width: int, left: bool, value: Any) -> torch.Tensor:
+        extra = width - x.shape[1]
+        if extra == 0:
+            return x
+        fill = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+        return torch.cat([fill, x] if left else [x, fill], dim=1)
+
+    return Batch(torch.cat([pad(c.prompt_ids, P, True, pad_id) for c in chunks]),
+                 torch.cat([pad(c.prompt_mask, P, True, 0) for c in chunks]),
+                 torch.cat([pad(c.response_ids, R, False, pad_id) for c in chunks]),
+                 torch.cat([pad(c.response_mask, R, False, False) for c in chunks]),
+                 torch.cat([c.ended for c in chunks]))
+
+
+@contextlib.contextmanager
+def _reference(ref: Any, policy: Any):
+    """With LoRA (ref is None) the reference is the policy with its adapters disabled: no second copy in memory."""
+    if ref is None:
+        with policy.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """Full state for a plain model; only the adapter weights for a LoRA model (the base is frozen)."""
+    if hasattr(model, "peft_config"):
+        return {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    return model.state_dict()
+
+
+def _no_dropout(model: Any) -> None:
+    """Dropout off everywhere: rollout and training forwards must agree (ratio = 1 before the first step)."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    cfg = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
+        if cfg is not None and isinstance(getattr(cfg, name, None), float):
+            setattr(cfg, name, 0.0)
+
+
+def _check_tokenizers(tok: Any, reward_tokenizer_path: str, cfg: PPOConfig) -> None:
+    from rlhf.models.loading import load_tokenizer
+
+    rm_tok = load_tokenizer(reward_tokenizer_path)
+    if rm_tok.get_vocab() != tok.get_vocab():
+        raise UserError(f"the reward model '{cfg.reward}' uses a different tokenizer than the policy '{cfg.policy}'; "
+                        "train the reward model from the SFT model (rlhf reward --model SFT_FOLDER) so the token "
+                        "ids mean the same thing")
+
+
+def _gold_judge(name: str) -> Any:
+    if name == "demo":
+        from rlhf.data.gold import gold_scores
+
+        return gold_scores
+    return None
+
+
+def _distinct_bigrams(texts: list[str]) -> float:
+    grams, total = set(), 0
+    for t in texts:
+        w = t.split()
+        for g in zip(w, w[1:]):
+            grams.add(g)
+            total += 1
+    return len(grams) / total if total else 0.0
+
+
+def _log_samples(out: Path, update: int, tok: Any, batch: Any, texts: list[str], scores: torch.Tensor) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = []
+    table = Table(title=f"samples after update {update}", show_lines=False)
+    table.add_column("prompt")
+    table.add_column("response")
+    table.add_column("score", justify="right")
+    for i in range(min(4, len(texts))):
+        prompt = tok.decode(batch.prompt_ids[i][batch.prompt_mask[i].bool()], skip_special_tokens=True)
+        rows.append({"update": update, "prompt": prompt, "response": texts[i], "score": float(scores[i])})
+        table.add_row(escape(prompt), escape(texts[i]), f"{float(scores[i]):+.2f}")
+    console.print(table)
+    path = out / "samples.jsonl"
+    old = path.read_text().splitlines() if path.exists() else []
+    import json
+
+    write_jsonl(path, [json.loads(x) for x in old] + rows)
+
+
+def _tensorboard(out: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        console.print("[ppo] tensorboard is not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(out / "tb"))
