@@ -92,23 +92,31 @@ def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torc
     return Batch(prompt_ids, prompt_mask, ids, mask, ended)
 
 
-def forward_response_logits(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """(B, R, V) logits that predict each response token (the LM head only runs on those positions)."""
+def response_forward(model: PreTrainedModel, batch: Batch, temperature: float = 1.0, with_entropy: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One forward over prompt+response: (B, R) log-probs of the response tokens, optionally (B, R) entropy, and
+    (B, R) values V(s_t) when the model also has a value head (its output has `.token_values`); 0 at padding.
+
+    The LM head only runs on the R+1 positions that predict response tokens. The temperature must be the sampling
+    temperature, or PPO's first ratio is not 1.
+    """
     attn = batch.attention_mask
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # correct positions under left padding
     R = batch.response_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
                 logits_to_keep=R + 1)
-    return out.logits[:, :-1]  # position P-1+t predicts response token t
+    logits = out.logits[:, :-1].float()  # position P-1+t predicts response token t
+    mask = batch.response_mask
+    logp = logprobs_from_logits(logits, batch.response_ids, temperature) * mask
+    ent = entropy_from_logits(logits, temperature) * mask if with_entropy else None
+    values = getattr(out, "token_values", None)  # not `.values`: HF outputs are dicts, .values is a method
+    if values is not None:
+        values = values[:, -(R + 1):-1] * mask  # the value of the state before each response token
+    return logp, ent, values
 
 
 def response_logprobs(model: PreTrainedModel, batch: Batch, temperature: float = 1.0,
                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, R) log-probs of the response tokens (0 at padding), and optionally per-token entropy.
-
-    The temperature must be the sampling temperature, or PPO's first ratio is not 1.
-    """
-    logits = forward_response_logits(model, batch).float()
-    logp = logprobs_from_logits(logits, batch.response_ids, temperature) * batch.response_mask
-    ent = entropy_from_logits(logits, temperature) * batch.response_mask if with_entropy else None
+    """(B, R) log-probs of the response tokens (0 at padding), and optionally per-token entropy."""
+    logp, ent, _ = response_forward(model, batch, temperature, with_entropy)
     return logp, ent

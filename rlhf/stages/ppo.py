@@ -84,6 +84,8 @@ class PPOConfig:
     cliprange: float = opt(0.2, "PPO ratio clip epsilon (Schulman et al. 2017)")
     cliprange_value: float | None = opt(0.2, "value clip around the rollout values (None = unclipped MSE)")
     vf_coef: float = opt(0.1, "value loss coefficient (TRL: 0.1)")
+    shared_value_head: bool = opt(False, "value head on the policy's backbone (one forward, less memory) instead of "
+                                  "a separate value model (the default: Ziegler et al. 2019 found it more stable)")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient (0 = off)")
     target_approx_kl: float = opt(0.0, "stop an update's epochs early once approx KL exceeds this (0 = never)")
     lr: float = opt(1e-5, "policy learning rate (Adam)")
@@ -144,37 +146,46 @@ def run(cfg: PPOConfig) -> Path:
         raise UserError(f"config field 'generation_batch_size': {gen_chunk} does not divide the per-process batch "
                         f"of {local_batch}; choose a divisor")
 
-    # 1. models: policy (trained), reference (frozen), reward (frozen), value (trained)
+    # 1. models: policy (trained), reference (frozen), reward (frozen), value (trained; or a head on the policy)
     m = load_models(cfg, acc.device)
-    tok, policy, ref, reward, value = m.tokenizer, m.policy, m.ref, m.reward, m.value
-    prompts = encode_prompts(cfg, tok, m.context)
+    prompts = encode_prompts(cfg, m.tokenizer, m.context)
     total_opt_steps = cfg.updates * cfg.ppo_epochs * cfg.num_minibatches
     value_lr = cfg.value_lr or cfg.lr
-    opt_p = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
-    opt_v = torch.optim.Adam(value.parameters(), lr=value_lr, eps=cfg.adam_eps)
+    if m.value is None:  # shared backbone: one optimiser, the value head at the value learning rate
+        head = set(m.policy.v_head.parameters())
+        groups = [{"params": [p for p in m.policy.parameters() if p.requires_grad and p not in head], "lr": cfg.lr},
+                  {"params": list(head), "lr": value_lr}]
+        optimizers = [torch.optim.Adam(groups, eps=cfg.adam_eps)]
+    else:
+        optimizers = [torch.optim.Adam([p for p in m.policy.parameters() if p.requires_grad], lr=cfg.lr,
+                                       eps=cfg.adam_eps),
+                      torch.optim.Adam(m.value.parameters(), lr=value_lr, eps=cfg.adam_eps)]
 
     def lr_lambda(step: int) -> float:
         return 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / total_opt_steps)
 
-    sched_p = torch.optim.lr_scheduler.LambdaLR(opt_p, lr_lambda)
-    sched_v = torch.optim.lr_scheduler.LambdaLR(opt_v, lr_lambda)
-    policy, value, opt_p, opt_v = acc.prepare(policy, value, opt_p, opt_v)
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.kl_coef))
-    gold_fn = _gold_judge(cfg.gold)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda) for o in optimizers]
+    prepared = acc.prepare(*[x for x in (m.policy, m.value) if x is not None], *optimizers)
+    m.policy = prepared[0]
+    m.value = prepared[1] if m.value is not None else None
+    optimizers = list(prepared[-len(optimizers):])
+    s = State(m, optimizers, schedulers,
+              AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+              else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold))
 
     # 2. resume: models, optimisers, schedulers, KL controller, RNG; the prompt position is the update index
     start = 0
     ckpt = recover_checkpoint_dir(out / "checkpoint") if cfg.resume else None
     if ckpt is not None:
         state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        acc.unwrap_model(policy).load_state_dict(torch.load(ckpt / "policy.pt", weights_only=True), strict=False)
-        acc.unwrap_model(value).load_state_dict(torch.load(ckpt / "value.pt", weights_only=True))
-        opt_p.load_state_dict(state["opt_p"])
-        opt_v.load_state_dict(state["opt_v"])
-        sched_p.load_state_dict(state["sched_p"])
-        sched_v.load_state_dict(state["sched_v"])
-        kl_ctl.load_state_dict(state["kl_ctl"])
+        acc.unwrap_model(m.policy).load_state_dict(torch.load(ckpt / "policy.pt", weights_only=True), strict=False)
+        if m.value is not None:
+            acc.unwrap_model(m.value).load_state_dict(torch.load(ckpt / "value.pt", weights_only=True))
+        for o, st in zip(s.optimizers, state["optimizers"]):
+            o.load_state_dict(st)
+        for sc, st in zip(s.schedulers, state["schedulers"]):
+            sc.load_state_dict(st)
+        s.kl_ctl.load_state_dict(state["kl_ctl"])
         set_rng_state(state["rng"])
         start = state["update"]
         console.print(f"[ppo] resumed from {ckpt} after update {start}")
@@ -187,11 +198,12 @@ def run(cfg: PPOConfig) -> Path:
             return
 
         def build(tmp: Path) -> None:
-            torch.save(_trainable_state(acc.unwrap_model(policy)), tmp / "policy.pt")
-            torch.save(acc.unwrap_model(value).state_dict(), tmp / "value.pt")
-            torch.save({"opt_p": opt_p.state_dict(), "opt_v": opt_v.state_dict(), "sched_p": sched_p.state_dict(),
-                        "sched_v": sched_v.state_dict(), "kl_ctl": kl_ctl.state_dict(), "rng": rng_state(),
-                        "update": update}, tmp / "trainer_state.pt")
+            torch.save(_trainable_state(acc.unwrap_model(m.policy)), tmp / "policy.pt")
+            if m.value is not None:
+                torch.save(acc.unwrap_model(m.value).state_dict(), tmp / "value.pt")
+            torch.save({"optimizers": [o.state_dict() for o in s.optimizers],
+                        "schedulers": [sc.state_dict() for sc in s.schedulers], "kl_ctl": s.kl_ctl.state_dict(),
+                        "rng": rng_state(), "update": update}, tmp / "trainer_state.pt")
 
         save_checkpoint_dir(build, out / "checkpoint")
 
@@ -203,15 +215,14 @@ def run(cfg: PPOConfig) -> Path:
         stop["signal"] = signum
         console.print("[ppo] stopping after this update (checkpoint first); press Ctrl-C again to abort now")
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     t_run = time.perf_counter()
     last: dict[str, float] = {}
     try:
         with progress() as bar:
             task = bar.add_task("ppo", total=cfg.updates, completed=start, info="")
             for update in range(start + 1, cfg.updates + 1):
-                stats = ppo_update(cfg, update, acc, tok, policy, ref, reward, value, opt_p, opt_v, sched_p, sched_v,
-                                   kl_ctl, prompts, local_batch, gen_chunk, gold_fn, out, metrics)
+                stats = ppo_update(cfg, update, acc, s, prompts, local_batch, gen_chunk, out)
                 last = stats
                 if metrics is not None:
                     metrics.log(stats)
@@ -231,8 +242,8 @@ def run(cfg: PPOConfig) -> Path:
                 if cfg.save_every and update % cfg.save_every == 0 and update < cfg.updates:
                     save_checkpoint(update)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
         if tb is not None:
             tb.close()
         if metrics is not None:
@@ -241,26 +252,20 @@ def run(cfg: PPOConfig) -> Path:
     # 3. save the policy (HF format, loads with plain transformers) and the value model; mark done
     acc.wait_for_everyone()
     if acc.is_main_process:
-        final = acc.unwrap_model(policy)
-        if cfg.lora_r:
-            final = final.merge_and_unload()
-        final.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-        acc.unwrap_model(value).model.save_pretrained(out / "value", safe_serialization=True)
-        tok.save_pretrained(out / "value")
+        save_models(cfg, acc, m, out)
         write_summary(out, {"updates": cfg.updates, "train_s": time.perf_counter() - t_run, "last": last})
     console.print(f"[ppo] done: {cfg.updates} updates -> {out}")
     return out
 
 
-def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref: Any, reward: Any, value: Any,
-               opt_p: Any, opt_v: Any, sched_p: Any, sched_v: Any, kl_ctl: Any, prompts: list[list[int]],
-               local_batch: int, gen_chunk: int, gold_fn: Any, out: Path, metrics: Any) -> dict[str, float]:
+def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[list[int]], local_batch: int,
+               gen_chunk: int, out: Path) -> dict[str, float]:
     """One PPO update. Returns the logged metrics (reduced over processes)."""
-    from rlhf.models.generation import generate, left_pad, response_logprobs
+    from rlhf.models.generation import generate, left_pad, response_forward
 
     t0 = time.perf_counter()
     device = acc.device
+    tok, policy, ref, reward, value = s.m.tokenizer, s.m.policy, s.m.ref, s.m.reward, s.m.value
     unwrapped = acc.unwrap_model(policy)
 
     # 1. rollout: this process's prompts; each chunk seeded by (seed, update, chunk) -> independent of process count
@@ -284,15 +289,16 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
         scores, member_scores = reward(batch.input_ids, batch.attention_mask)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(batch.ended, scores, scores + cfg.missing_eos_penalty)
-        old_logp, entropy = response_logprobs(unwrapped, batch, cfg.temperature, with_entropy=True)
+        old_logp, entropy, old_values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True)
         with _reference(ref, unwrapped):
-            ref_logp, _ = response_logprobs(ref if ref is not None else unwrapped, batch, cfg.temperature)
-        old_values = response_values(acc.unwrap_model(value), batch)
+            ref_logp, _, _ = response_forward(ref if ref is not None else unwrapped, batch, cfg.temperature)
+        if value is not None:
+            old_values = response_values(acc.unwrap_model(value), batch)
     t_score = time.perf_counter()
 
     # 4. rewards: -beta * KL per token, plus the score at the last token (Ziegler et al. 2019)
     old_logp, ref_logp, old_values = old_logp.clone(), ref_logp.clone(), old_values.clone()
-    kl_coef = kl_ctl.value
+    kl_coef = s.kl_ctl.value
     rewards = shape_rewards(scores.clone(), old_logp, ref_logp, mask, kl_coef, cfg.kl_estimator)
     if cfg.whiten_rewards:
         rewards = global_whiten(rewards, mask, acc, shift_mean=False)
@@ -305,8 +311,9 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
     # 6. optimise: epochs x minibatches x accumulation; token-weighted so that the split never changes the gradient
     mb_size = local_batch // cfg.num_minibatches
     micro_size = mb_size // cfg.grad_accum
-    policy.train()
-    value.train()
+    for model in (policy, value):
+        if model is not None:
+            model.train()  # dropout is off (see _no_dropout); train() only matters for layers that check it
     acc_stats: dict[str, list[float]] = {}
     early_stopped = 0
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + update)
@@ -322,9 +329,10 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
                 # weight: masked_mean over this micro-batch x (its tokens / minibatch tokens) x processes
                 # = sum over the whole minibatch / its tokens, after DDP averages over processes
                 w = m_.sum().float() / n_tokens * acc.num_processes
-                logp, ent = response_logprobs(policy, sub, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
+                logp, ent, values = response_forward(policy, sub, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
                 pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[ix], advantages[ix], m_, cfg.cliprange)
-                values = response_values(value, sub)
+                if value is not None:
+                    values = response_values(value, sub)
                 vf_loss, vf_stats = ppo_value_loss(values, old_values[ix], returns[ix], m_, cfg.cliprange_value)
                 ent_loss = -masked_mean(ent, m_) if ent is not None else torch.zeros((), device=device)
                 # PPO objective (Schulman et al. 2017, eq. 9): policy + c1 * value - c2 * entropy
@@ -337,15 +345,12 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
                     acc_stats.setdefault(k, []).append(float(v) * float(w) / acc.num_processes)
                 acc_stats.setdefault("policy/ratio_max", []).append(float(pg_stats["ratio_max"]))
                 epoch_kl.append(float(pg_stats["approxkl"]) * float(w) / acc.num_processes)
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                acc.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
-            opt_p.step()
-            opt_v.step()
-            sched_p.step()
-            sched_v.step()
-            opt_p.zero_grad(set_to_none=True)
-            opt_v.zero_grad(set_to_none=True)
+            for model, opt_, sched in zip([x for x in (policy, value) if x is not None], s.optimizers, s.schedulers):
+                if cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                opt_.step()
+                sched.step()
+                opt_.zero_grad(set_to_none=True)
         # early stop (Schulman et al. 2017 baselines / OpenAI Spinning Up): approx KL over this epoch too large
         if cfg.target_approx_kl > 0 and _global_sum(torch.tensor(sum(epoch_kl) / cfg.num_minibatches), acc
                                                     ) > cfg.target_approx_kl:
@@ -358,10 +363,10 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
     seq_kl3 = (kl_estimate(old_logp, ref_logp, "k3") * mask).sum(1)
     non_score = -kl_coef * (kl_estimate(old_logp, ref_logp, cfg.kl_estimator) * mask).sum(1)
     mean_kl = _global_mean(seq_kl, acc)
-    kl_ctl.update(mean_kl, cfg.rollout_batch_size)
+    s.kl_ctl.update(mean_kl, cfg.rollout_batch_size)
     ev = _explained_variance(old_values, returns, mask, acc)
     texts = [tok.decode(r[m_ & (r != tok.eos_token_id)], skip_special_tokens=True)
-             for r, m_ in zip(batch.response_ids, mask)] if gold_fn is not None or cfg.log_samples_every else None
+             for r, m_ in zip(batch.response_ids, mask)]
     stats = {
         "step": update,
         "objective/scores": _global_mean(scores, acc),
@@ -378,8 +383,8 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
         "response/length_mean": _global_mean(mask.sum(1).float(), acc),
         "response/eos_fraction": _global_mean(batch.ended.float(), acc),
         "policy/early_stopped": early_stopped,
-        "lr/policy": sched_p.get_last_lr()[0],
-        "lr/value": sched_v.get_last_lr()[0],
+        "lr/policy": s.schedulers[0].get_last_lr()[0],
+        "lr/value": s.schedulers[-1].get_last_lr()[-1],
     }
     stats["objective/rlhf_reward"] = stats["objective/scores"] + stats["objective/non_score_reward"]
     n_steps = max(1, len(acc_stats["loss/policy"]) // cfg.grad_accum)  # optimiser steps taken
@@ -387,10 +392,9 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
         stats[k] = max(vals) if k == "policy/ratio_max" else _global_sum(torch.tensor(sum(vals)), acc) / n_steps
     if member_scores.shape[0] > 1:
         stats["ensemble/disagreement"] = _global_mean(member_scores.std(0), acc)
-    if texts is not None:
-        stats["response/distinct2"] = _distinct_bigrams(texts)
-    if gold_fn is not None:
-        stats["objective/gold"] = _global_mean(torch.tensor(gold_fn(texts), device=device), acc)
+    stats["response/distinct2"] = _distinct_bigrams(texts)
+    if s.gold_fn is not None:
+        stats["objective/gold"] = _global_mean(torch.tensor(s.gold_fn(texts), device=device), acc)
     stats["time/generate_s"] = t_gen - t0
     stats["time/score_s"] = t_score - t_gen
     stats["time/train_s"] = t_train - t_score
@@ -409,11 +413,20 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, tok: Any, policy: Any, ref
 @dataclass
 class Models:
     tokenizer: Any
-    policy: Any
+    policy: Any  # a causal LM (a PolicyWithValueHead with shared_value_head)
     ref: Any  # None with LoRA: the policy with adapters disabled is the reference
     reward: Any
-    value: Any
+    value: Any  # a PerTokenScalar; None with shared_value_head
     context: int | None
+
+
+@dataclass
+class State:
+    m: Models
+    optimizers: list[Any]  # [policy, value], or [policy+head] with shared_value_head
+    schedulers: list[Any]
+    kl_ctl: Any
+    gold_fn: Any
 
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
@@ -426,8 +439,10 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     context = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
     reward = load_reward_model(cfg.reward, dtype=cfg.dtype, device=str(device))
     _check_tokenizers(tok, reward.tokenizer_path, cfg)
-    value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, cfg.dtype, pad_token_id=tok.pad_token_id,
-                                             init_head_std=0.0 if cfg.value_head_init == "zero" else None))
+    value = None
+    if not cfg.shared_value_head:
+        value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, cfg.dtype, pad_token_id=tok.pad_token_id,
+                                                 init_head_std=0.0 if cfg.value_head_init == "zero" else None))
     ref = None
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
@@ -439,12 +454,30 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
     else:
         ref = load_causal_lm(cfg.ref or cfg.policy, cfg.dtype).to(device).eval().requires_grad_(False)
-    _no_dropout(policy)
-    _no_dropout(value)
-    if ref is not None:
-        _no_dropout(ref)
+    if cfg.shared_value_head:
+        from rlhf.models.value import PolicyWithValueHead
+
+        policy = PolicyWithValueHead(policy)
+    for model in (policy, value, ref):
+        if model is not None:
+            _no_dropout(model)
     reward.eval().requires_grad_(False)
     return Models(tok, policy, ref, reward, value, context)
+
+
+def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
+    """The policy as a plain HF folder (LoRA merged); the value model in out/value (or the head in value_head.pt)."""
+    policy = acc.unwrap_model(m.policy)
+    lm = policy.lm if cfg.shared_value_head else policy
+    if cfg.lora_r:
+        lm = lm.merge_and_unload()
+    lm.save_pretrained(out, safe_serialization=True)
+    m.tokenizer.save_pretrained(out)
+    if m.value is not None:
+        acc.unwrap_model(m.value).model.save_pretrained(out / "value", safe_serialization=True)
+        m.tokenizer.save_pretrained(out / "value")
+    else:
+        torch.save(policy.v_head.state_dict(), out / "value_head.pt")
 
 
 def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[int]]:
