@@ -21,11 +21,14 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "sample": ("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
     "reward": ("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
     "ppo": ("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
+    "eval": ("rlhf.stages.evaluate", "EvalConfig", "compare a policy with the SFT baseline: reward, gold, KL, win rates"),
     "demo": ("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
 }
 # name -> (module with register(subparsers), help)
 GROUPS: dict[str, tuple[str, str]] = {
     "label": ("rlhf.labeling.cli", "preference collection: tasks, users, web app, simulated labelers, import/export"),
+    "doctor": ("rlhf.diagnose.cli", "diagnose a run: what went wrong, the evidence, the fix to try"),
+    "report": ("rlhf.report.cli", "write a self-contained HTML report of a run (curves, frontier, samples, findings)"),
 }
 
 

@@ -12,13 +12,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 # name -> (model_type, kwargs). All Llama: RMSNorm, RoPE, SwiGLU, as in current open models.
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    # ~0.4M parameters with a 1k vocab: unit and stage tests
+    # ~0.2M parameters with a 1k vocab: unit and stage tests
     "tiny": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=4, max_position_embeddings=128)),
-    # ~1.7M parameters with a 2k vocab: the laptop demo
+    # ~1.4M parameters with a 2k vocab: the laptop demo
     "small": ("llama", dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                             num_key_value_heads=4, max_position_embeddings=256)),
-    # ~11M parameters: a slower, more fluent demo
+    # ~5.8M parameters with a 2k vocab: a slower, more fluent demo
     "medium": ("llama", dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
                              num_key_value_heads=4, max_position_embeddings=512)),
 }
