@@ -1,0 +1,253 @@
+"""The web app and JSON API through FastAPI's TestClient: flows, status codes and the security checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rlhf.errors import UserError
+from rlhf.labeling.app import create_app
+from rlhf.labeling.security import SECRET_ENV, load_or_create_secret
+from rlhf.labeling.store import Store, TaskSpec
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict:
+    store = Store(tmp_path / "labels.db")
+    store.add_tasks(
+        [
+            TaskSpec("pairwise", f"Prompt {EVIL}", [f"first {EVIL}", "second & <b>bold</b>"], {}, 2),
+            TaskSpec("ranking", "Rank these", ["r0", "r1", "r2"], {}, 2),
+        ]
+    )
+    labeler, admin = store.create_user("lab", "labeler"), store.create_user("boss", "admin")
+    return {"store": store, "labeler": labeler, "admin": admin, "secret": os.urandom(32).hex().encode()}
+
+
+def client(env: dict, **kw: object) -> TestClient:
+    base_url = kw.pop("base_url", "http://testserver")
+    app = create_app(env["store"], env["secret"], gold_rate=0.0, **{"rate_per_s": 1000.0, "burst": 1000, **kw})
+    return TestClient(app, base_url=base_url, follow_redirects=False)
+
+
+def bearer(user: object) -> dict:
+    return {"Authorization": f"Bearer {user.api_token}"}
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(c: TestClient, new_user: object) -> str:
+    page = c.get(f"/invite/{new_user.invite_token}")
+    assert page.status_code == 200
+    r = c.post(f"/invite/{new_user.invite_token}", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303
+    return r.headers["set-cookie"]
+
+
+# -- API flow ----------------------------------------------------------------------------------------------------
+
+
+def test_api_next_submit_idempotent_and_done(env: dict) -> None:
+    c = client(env)
+    h = bearer(env["labeler"])
+    task = c.get("/api/tasks/next", headers=h).json()["task"]
+    assert task["kind"] == "pairwise" and [r["label"] for r in task["responses"]] == ["A", "B"]
+    body = {"assignment_id": task["assignment_id"], "client_id": "k1", "choice": "A", "strength": "better",
+            "time_spent_ms": 1234}  # fmt: skip
+    first = c.post("/api/judgments", json=body, headers=h)
+    assert first.status_code == 201 and first.json()["created"] is True
+    again = c.post("/api/judgments", json=body, headers=h)
+    assert again.status_code == 200 and again.json()["judgment_id"] == first.json()["judgment_id"]
+    assert len(env["store"].judgments()) == 1
+    stored = env["store"].judgments()[0]
+    assert stored.time_spent_ms == 1234 and stored.raw == {"choice": "A", "strength": "better"}
+
+    ranking = c.get("/api/tasks/next", headers=h).json()["task"]
+    assert ranking["kind"] == "ranking"
+    r = c.post("/api/judgments", headers=h, json={"assignment_id": ranking["assignment_id"], "client_id": "k2",
+                                                  "ranks": [1, 1, 3]})  # fmt: skip
+    assert r.status_code == 201
+    done = c.get("/api/tasks/next?progress=true", headers=h).json()
+    assert done["task"] is None and done["progress"]["my_judgments"] == 2
+
+    conflict = c.post("/api/judgments", headers=h, json={**body, "client_id": "k3"})
+    assert conflict.status_code == 409 and conflict.json()["field"] == "supersedes"
+    fix = c.post("/api/judgments", headers=h, json={**body, "client_id": "k4", "choice": "tie",
+                                                    "supersedes": first.json()["judgment_id"]})  # fmt: skip
+    assert fix.status_code == 201
+
+    export = c.get("/api/export", headers=bearer(env["admin"]))
+    assert export.status_code == 200 and export.headers["content-type"].startswith("application/x-ndjson")
+    rows = [json.loads(x) for x in export.text.splitlines()]
+    assert len(rows) == 2 and all(r["group_id"] for r in rows)  # the pairwise answer is now a tie: no pair
+    raw = c.get("/api/export?what=raw", headers=bearer(env["admin"])).text.splitlines()
+    assert len(raw) == 3
+    assert c.get("/api/stats", headers=bearer(env["admin"])).json()["progress"]["judgments"] == 3
+
+
+def test_openapi_documents_the_api(env: dict) -> None:
+    spec = client(env).get("/openapi.json").json()
+    assert {"/api/tasks/next", "/api/judgments", "/api/export"} <= set(spec["paths"])
+    assert "201" in spec["paths"]["/api/judgments"]["post"]["responses"]
+
+
+# -- security ----------------------------------------------------------------------------------------------------
+
+
+def test_no_auth_401_wrong_role_403(env: dict) -> None:
+    c = client(env)
+    assert c.get("/api/tasks/next").status_code == 401
+    assert c.get("/api/tasks/next", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert c.get("/api/tasks/next", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert c.get("/api/tasks/next", headers=bearer(env["labeler"])).status_code == 200
+    assert c.get("/api/export", headers=bearer(env["labeler"])).status_code == 403
+    assert c.get("/api/stats", headers=bearer(env["labeler"])).status_code == 403
+    assert c.get("/label").status_code == 401
+    assert c.get("/admin").status_code == 401
+    sign_in(c, env["labeler"])
+    assert c.get("/admin").status_code == 403
+    assert c.get("/label").status_code == 200
+
+
+def test_invite_is_one_time_and_cookie_is_hardened(env: dict) -> None:
+    c = client(env)
+    cookie = sign_in(c, env["labeler"])
+    assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower() and "secure" not in cookie.lower()
+    again = client(env).get(f"/invite/{env['labeler'].invite_token}")
+    assert again.status_code == 403 and "used or expired" in again.text
+    # Behind https the cookie is Secure.
+    https = client(env, base_url="https://testserver")
+    assert "secure" in sign_in(https, env["admin"]).lower()
+
+
+def test_forms_need_the_csrf_token(env: dict) -> None:
+    c = client(env)
+    # The sign-in form itself carries a token bound to the invite.
+    assert c.post(f"/invite/{env['labeler'].invite_token}", data={}).status_code == 403
+    assert c.post(f"/invite/{env['labeler'].invite_token}", data={"csrf_token": "forged"}).status_code == 403
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+    form = {"assignment_id": aid, "client_id": "web-x", "choice": "A", "strength": "better"}
+    assert c.post("/label", data=form).status_code == 403
+    assert c.post("/label", data={**form, "csrf_token": "wrong"}).status_code == 403
+    assert env["store"].judgments() == []
+    ok = c.post("/label", data={**form, "csrf_token": csrf_of(page)})
+    assert ok.status_code == 303 and len(env["store"].judgments()) == 1
+    assert c.post("/logout", data={}).status_code == 403
+
+    admin = client(env)
+    sign_in(admin, env["admin"])
+    admin_page = admin.get("/admin")
+    assert admin.post("/admin/export", data={"what": "pairs"}).status_code == 403
+    r = admin.post("/admin/export", data={"what": "raw", "csrf_token": csrf_of(admin_page.text)})
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+
+
+def test_oversized_and_malformed_bodies(env: dict) -> None:
+    c = client(env, max_body_bytes=2048)
+    h = bearer(env["labeler"])
+    aid = c.get("/api/tasks/next", headers=h).json()["task"]["assignment_id"]
+    big = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x", "note": "n" * 5000})
+    assert big.status_code == 413 and "too large" in big.json()["detail"]
+    streamed = c.post("/api/judgments", headers={**h, "content-type": "application/json"},
+                      content=iter([b'{"note": "', b"n" * 4000, b'"}']))  # fmt: skip
+    assert streamed.status_code == 413
+    broken = c.post("/api/judgments", headers={**h, "content-type": "application/json"}, content=b"{not json")
+    assert broken.status_code == 422 and "json" in broken.json()["message"].lower()
+    missing = c.post("/api/judgments", headers=h, json={"client_id": "x", "choice": "A"})
+    assert missing.status_code == 422 and "assignment_id" in missing.json()["message"]
+    wrong = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x", "choice": "C"})
+    assert wrong.status_code == 422 and "choice" in wrong.json()["message"]
+    extra = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x", "hack": 1})
+    assert extra.status_code == 422 and "hack" in extra.json()["message"]
+    # Valid JSON that the store refuses: 422 naming the field.
+    both = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x", "choice": "A"})
+    assert both.status_code == 422 and both.json()["field"] == "strength"
+    assert c.post("/api/judgments", headers=h, json={"assignment_id": 999, "client_id": "y", "choice": "tie"}).status_code == 404
+
+
+def test_model_output_is_rendered_inert(env: dict) -> None:
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label")
+    assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page.text
+    assert "second &amp; &lt;b&gt;bold&lt;/b&gt;" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-frame-options"] == "DENY"
+    # The only script on the page is our static file.
+    assert re.findall(r"<script[^>]*>", page.text) == ['<script src="/static/label.js" defer>']
+
+
+def test_rate_limit_answers_429(env: dict) -> None:
+    c = client(env, rate_per_s=0.5, burst=3)
+    h = bearer(env["labeler"])
+    codes = [c.get("/api/tasks/next", headers=h).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    limited = c.get("/api/tasks/next", headers=h)
+    assert "rate limit" in limited.json()["detail"] and int(limited.headers["retry-after"]) >= 1
+    # Limits are per user: the admin is not affected.
+    assert c.get("/api/stats", headers=bearer(env["admin"])).status_code == 200
+
+
+def test_pages_label_both_kinds_and_correct(env: dict) -> None:
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+    cid = re.search(r'name="client_id" value="([^"]+)"', page).group(1)
+    form = {"csrf_token": csrf_of(page), "assignment_id": aid, "client_id": cid, "choice": "B", "strength": "much_better",
+            "time_spent_ms": "800", "action": "answer"}  # fmt: skip
+    r = c.post("/label", data=form)
+    assert r.status_code == 303 and "saved=" in r.headers["location"]
+    assert c.post("/label", data=form).status_code == 303  # a double submit stores nothing new
+    assert len(env["store"].judgments()) == 1
+    ranking = c.get(r.headers["location"]).text
+    assert 'data-kind="ranking"' in ranking and f'data-saved-draft="rlhf-draft:1:{aid}:0"' in ranking
+    assert f'href="/label/{aid}"' in ranking  # "change that answer"
+    aid2 = re.search(r'name="assignment_id" value="(\d+)"', ranking).group(1)
+    cid2 = re.search(r'name="client_id" value="([^"]+)"', ranking).group(1)
+    bad = c.post("/label", data={"csrf_token": csrf_of(ranking), "assignment_id": aid2, "client_id": cid2,
+                                 "rank": ["1", "", "2"]})  # fmt: skip
+    assert bad.status_code == 422 and "every response a rank" in bad.text
+    ok = c.post("/label", data={"csrf_token": csrf_of(ranking), "assignment_id": aid2, "client_id": cid2,
+                                "rank": ["2", "1", "3"]})  # fmt: skip
+    assert ok.status_code == 303
+    assert "Nothing left to label" in c.get("/label").text
+    # Correct the first answer: the page carries supersedes, the new row points at the old one.
+    fix_page = c.get(f"/label/{aid}").text
+    sup = re.search(r'name="supersedes" value="(\d+)"', fix_page).group(1)
+    cid3 = re.search(r'name="client_id" value="([^"]+)"', fix_page).group(1)
+    c.post("/label", data={"csrf_token": csrf_of(fix_page), "assignment_id": aid, "client_id": cid3, "supersedes": sup,
+                           "action": "skip", "skip_reason": "changed my mind"})  # fmt: skip
+    kinds = [(j.kind, j.supersedes_id) for j in env["store"].judgments()]
+    assert kinds == [("pairwise", None), ("ranking", None), ("skip", int(sup))]
+
+
+def test_signing_key_file_is_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    key = load_or_create_secret(url)
+    path = tmp_path / "labels.secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(key) >= 32
+    assert load_or_create_secret(url) == key  # generated once
+    path.chmod(0o644)
+    with pytest.raises(UserError, match="chmod 600"):
+        load_or_create_secret(url)
+    monkeypatch.setenv(SECRET_ENV, "x" * 40)
+    assert load_or_create_secret(url) == b"x" * 40
+    monkeypatch.setenv(SECRET_ENV, "short")
+    with pytest.raises(UserError, match="too short"):
+        load_or_create_secret(url)
