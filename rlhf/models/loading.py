@@ -79,10 +79,25 @@ def load_scalar_model(name_or_path: str | Path, dtype: str = "fp32", init_head_s
     replaced by a fresh scalar head. `init_head_std`: re-initialise the head N(0, std) (None keeps it;
     0.0 zeroes it, the usual value-head start)."""
     source = _check_source(name_or_path)
+    # Loading a causal LM here is expected to drop its LM head and add a fresh scalar head: transformers' load
+    # report would print that as a warning table on every load, so it is silenced and said once, plainly, below.
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=resolve_dtype(dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=resolve_dtype(dtype),
+                                                                   output_loading_info=True)
+        model, info = model
     except (OSError, ValueError) as e:
         raise _friendly_load_error("a scalar-head model", source, e) from None
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    head = [k for k in missing if k.split(".")[0] in ("score", "classifier", "v_head")]
+    if head:
+        log.info("%s: new scalar head (%s) initialised; the backbone comes from the checkpoint", source, ", ".join(head))
+    if len(head) < len(missing):  # backbone weights missing: a real mismatch, never silent
+        log.warning("%s: these weights were not in the checkpoint and are randomly initialised: %s", source,
+                    ", ".join(k for k in missing if k not in head))
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     if init_head_std is not None:

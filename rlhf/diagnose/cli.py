@@ -1,0 +1,49 @@
+"""`rlhf doctor RUN_DIR [--json]`: exit 1 when a finding is severe, 0 otherwise, 2 for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rlhf.errors import UserError
+
+HELP = "diagnose a run: what went wrong in its metrics, the evidence, and the fix to try"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("doctor", help=HELP, description=HELP + ". Exit status: 1 if any finding is severe, "
+                              "0 otherwise, 2 for a bad folder.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (e.g. runs/demo) or one stage's folder "
+                   "(e.g. runs/demo/ppo)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout instead of a report")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rlhf.diagnose.doctor import diagnose, render
+
+    d = diagnose(args.run_dir)
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+    else:
+        render(d, Console())
+    return 1 if d.severe else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["doctor", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""`rlhf report RUN_DIR [--out FILE]`: write one self-contained report.html (exit 0; 2 for a bad folder)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rlhf.errors import UserError
+
+HELP = "write a self-contained HTML report of a run: curves, reward vs KL, proxy vs gold, samples, findings"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("report", help=HELP, description=HELP + ".")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (e.g. runs/demo) or one stage's folder")
+    p.add_argument("--out", default=None, help="where to write the HTML (default: RUN_DIR/report.html)")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from rlhf.report.build import build_report
+
+    path = build_report(args.run_dir, args.out)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"rlhf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
