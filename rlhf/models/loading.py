@@ -64,17 +64,25 @@ def load_tokenizer(name_or_path: str | Path, padding_side: str = "right") -> Any
     return tok
 
 
-def load_causal_lm(name_or_path: str | Path, dtype: str = "fp32") -> PreTrainedModel:
+def _quantized(quantization: Any) -> dict[str, Any]:
+    """from_pretrained kwargs for a bitsandbytes config (see rlhf.models.precision.quantization_config): 4/8-bit
+    weights are placed on this process's GPU as they load."""
+    if quantization is None:
+        return {}
+    return {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
+
+
+def load_causal_lm(name_or_path: str | Path, dtype: str = "fp32", quantization: Any = None) -> PreTrainedModel:
     source = _check_source(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype), **_quantized(quantization))
     except (OSError, ValueError) as e:
         raise _friendly_load_error("a causal LM", source, e) from None
     return model
 
 
 def load_scalar_model(name_or_path: str | Path, dtype: str = "fp32", init_head_std: float | None = None,
-                      pad_token_id: int | None = None) -> PreTrainedModel:
+                      pad_token_id: int | None = None, quantization: Any = None) -> PreTrainedModel:
     """A model with a scalar head (num_labels=1): a saved reward/value model, or a causal LM whose LM head is
     replaced by a fresh scalar head. `init_head_std`: re-initialise the head N(0, std) (None keeps it;
     0.0 zeroes it, the usual value-head start)."""
@@ -85,7 +93,7 @@ def load_scalar_model(name_or_path: str | Path, dtype: str = "fp32", init_head_s
     transformers.utils.logging.set_verbosity_error()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=resolve_dtype(dtype),
-                                                                   output_loading_info=True)
+                                                                   output_loading_info=True, **_quantized(quantization))
         model, info = model
     except (OSError, ValueError) as e:
         raise _friendly_load_error("a scalar-head model", source, e) from None

@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rlhf.errors import UserError
+from rlhf.models.chat import encode_chat_prompt, encode_chat_response, is_messages
 from rlhf.models.scalar import score_at_last_token
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,23 @@ REWARD_CONFIG = "reward_config.json"
 FORMAT = "rlhf-reward-v1"
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Prompt ids with the tokenizer's special tokens (e.g. BOS), as `rlhf sft` and `rlhf sample` encode prompts."""
+def encode_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+    """Prompt ids: a string with the tokenizer's special tokens (e.g. BOS), as `rlhf sft` and `rlhf sample` encode
+    prompts; a list of messages through the chat template with the generation prompt (rlhf.models.chat)."""
+    if is_messages(prompt):
+        return encode_chat_prompt(tokenizer, prompt)
     return tokenizer(prompt)["input_ids"]
 
 
-def encode_response(tokenizer: Any, response: str, ended: bool = True) -> list[int]:
+def encode_response(tokenizer: Any, response: str | list[dict[str, str]], ended: bool = True,
+                    prompt: str | list[dict[str, str]] | None = None) -> list[int]:
     """Response ids without special tokens, plus EOS if the response ended: the reward is then read at the EOS,
-    as it is for PPO rollouts that stop by themselves (Stiennon et al. 2020 score at EOS)."""
+    as it is for PPO rollouts that stop by themselves (Stiennon et al. 2020 score at EOS). After a conversational
+    prompt the response is the chat template's assistant turn, cut at (or ended with) EOS."""
+    if is_messages(prompt) or is_messages(response):
+        if not is_messages(prompt):
+            raise UserError("a conversational response (list of messages) needs a conversational prompt")
+        return encode_chat_response(tokenizer, prompt, response, ended)
     ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     return ids + [tokenizer.eos_token_id] if ended else ids
 

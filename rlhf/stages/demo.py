@@ -21,9 +21,9 @@ from rlhf.stages.common import console, stage_done, write_summary
 
 # preset -> settings. `default` is what `make demo` runs; `tiny` is the fast version used by tests.
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(n_reviews=20000, model="tiny:small", vocab=2048, pretrain_steps=600, sft_steps=200,
+    "default": dict(n_reviews=20000, model="tiny:small", vocab=2048, pretrain_steps=600, sft_steps=100,
                     batch_size=32, lr=3e-3, sample_prompts=600, k=4, max_new_tokens=32, labelers=4, beta="2.5",
-                    rm_epochs=2, rm_lr=3e-4, ppo_updates=60, ppo_batch=32, ppo_lr=3e-4, kl_coef=0.05,
+                    rm_epochs=2, rm_lr=3e-4, ppo_updates=40, ppo_batch=32, ppo_lr=1e-4, kl_coef=0.1,
                     eval_prompts=200),
     "tiny": dict(n_reviews=2000, model="tiny:tiny", vocab=1024, pretrain_steps=60, sft_steps=20,
                  batch_size=16, lr=5e-3, sample_prompts=48, k=3, max_new_tokens=16, labelers=2, beta="2.5",

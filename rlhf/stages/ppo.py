@@ -481,18 +481,11 @@ def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
 
 
 def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[int]]:
-    """Tokenise every prompt once (no re-tokenisation per update); check they fit with the response."""
-    rows = read_jsonl(cfg.prompts, required=("prompt",))
-    out = []
-    for i, r in enumerate(rows, start=1):
-        if not isinstance(r["prompt"], str) or not r["prompt"].strip():
-            raise UserError(f"{cfg.prompts}: row {i}: field 'prompt' is empty or not a string")
-        ids = tok(r["prompt"])["input_ids"]
-        if context is not None and len(ids) + cfg.max_new_tokens > context:
-            raise UserError(f"{cfg.prompts}: row {i}: prompt of {len(ids)} tokens + max_new_tokens="
-                            f"{cfg.max_new_tokens} exceeds the model's context of {context}; shorten it or lower "
-                            "--max_new_tokens")
-        out.append(ids)
+    """Tokenise every prompt once (no re-tokenisation per update): strings as `rlhf sample` does, lists of messages
+    through the chat template; check they fit with the response."""
+    from rlhf.stages.sample import encode_prompts as encode
+
+    out = encode(read_jsonl(cfg.prompts, required=("prompt",)), tok, cfg.prompts, context, cfg.max_new_tokens)
     if len(out) < cfg.rollout_batch_size:
         console.print(f"[ppo] note: {len(out)} prompts < rollout_batch_size {cfg.rollout_batch_size}: prompts repeat "
                       "within an update")

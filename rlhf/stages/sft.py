@@ -19,6 +19,7 @@ import torch
 from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import MetricsLogger, read_jsonl
+from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.stages.common import (
     console,
     make_accelerator,
@@ -41,7 +42,9 @@ class SFTConfig:
     tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own (for 'tiny:' models: trained "
                          "on the training data)")
     tokenizer_vocab_size: int = opt(2048, "vocabulary size of a tokenizer trained for a 'tiny:' model")
-    data: str = opt("", "training JSONL: rows {'text'} (plain LM) or {'prompt','response'} (loss on response only)")
+    data: str = opt("", "training JSONL: rows {'text'} (plain LM), {'prompt','response'} (loss on response only; "
+                    "'completion' also accepted), or conversational {'messages': [...]} / {'prompt': [...], "
+                    "'completion': [...]} rendered with the chat template (loss on the last assistant turn)")
     eval_data: str = opt("", "validation JSONL in the same format (empty = no evaluation)")
     out: str = opt("runs/sft", "output folder (HF model + tokenizer, config.yaml, metrics.jsonl, checkpoint/)")
     max_length: int = opt(128, "longest tokenised example (incl. BOS/EOS); a longer one is an error, not cut")
@@ -60,7 +63,15 @@ class SFTConfig:
     save_every: int = opt(200, "write checkpoint/ every N optimiser steps (0 = only at the end)")
     log_every: int = opt(10, "log training metrics every N optimiser steps")
     seed: int = opt(0, "seed for model init, data order and dropout")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
+                     "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. Adapters are merged before saving")
+    lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
+    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
+                       "needs lora_r > 0")
     device: str = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if it exists")
 
@@ -75,13 +86,20 @@ class SFTConfig:
               "use cosine, linear or constant")
         check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"unknown '{self.dtype}'", "use fp32, bf16 or fp16")
         check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'", "use auto, cpu or cuda")
+        check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 16")
+        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
 
 
 def run(cfg: SFTConfig) -> Path:
     """Train, evaluate, checkpoint; save an HF model folder at cfg.out. Returns cfg.out."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    acc = make_accelerator(cfg.device, grad_accum=cfg.grad_accum)
+    from rlhf.models.precision import resolve_device, training_mixed_precision
+
+    device_type = resolve_device(cfg.device)
+    mixed = training_mixed_precision(cfg.dtype, device_type)  # bf16/fp16: autocast over fp32 master weights
+    quant = _quantization(cfg)  # refused here, before any loading, when it cannot apply
+    acc = make_accelerator(cfg.device, mixed_precision=mixed, grad_accum=cfg.grad_accum)
     set_seed(cfg.seed)
     if acc.is_main_process:
         save_config(cfg, out / "config.yaml")
@@ -92,17 +110,17 @@ def run(cfg: SFTConfig) -> Path:
     tokenizer = _tokenizer(cfg, train_rows)
     if acc.is_main_process:
         tokenizer.save_pretrained(out)  # saved first, so a resumed run uses exactly this tokenizer
-    model = _model(cfg, tokenizer)
+    model, peft_model = _model(cfg, tokenizer, quant)
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or cfg.max_length
     max_length = min(cfg.max_length, context)
     train = tokenize_examples(train_rows, tokenizer, max_length, cfg.data)
     evals = tokenize_examples(eval_rows, tokenizer, max_length, cfg.eval_data) if eval_rows else []
-    mode = "prompt/response" if "prompt" in train_rows[0] else "text"
+    mode = _mode(train_rows[0])
 
     # 2. optimiser and schedule
     steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * acc.num_processes))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    opt_ = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    opt_ = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     model, opt_ = acc.prepare(model, opt_)
 
@@ -196,9 +214,8 @@ def run(cfg: SFTConfig) -> Path:
                                "train_s": time.perf_counter() - t_start}
     if evals:
         summary.update(evaluate(model, evals, cfg, tokenizer.pad_token_id, acc))
+    save_model(acc, model, peft_model, out, cfg.dtype)
     if acc.is_main_process:
-        unwrapped = acc.unwrap_model(model)
-        unwrapped.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
         write_summary(out, summary)
         if metrics is not None:
@@ -239,18 +256,64 @@ def _tokenizer(cfg: SFTConfig, rows: list[dict[str, Any]]) -> Any:
     return load_tokenizer(cfg.model)
 
 
-def _model(cfg: SFTConfig, tokenizer: Any) -> Any:
+def _quantization(cfg: SFTConfig) -> Any:
+    from rlhf.models.precision import quantization_config
+
+    return quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)
+
+
+def _model(cfg: SFTConfig, tokenizer: Any, quant: Any = None) -> tuple[Any, Any]:
+    """(model to train, peft model or None). Trained weights are fp32 (master weights; autocast does the low
+    precision); a LoRA base is frozen, so it is stored in cfg.dtype (or 4/8-bit)."""
+    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized
+
     if cfg.model.startswith("tiny:"):
         from rlhf.models.registry import build_tiny_causal_lm
 
-        return build_tiny_causal_lm(cfg.model.split(":", 1)[1], tokenizer, seed=cfg.seed)
-    from rlhf.models.loading import load_causal_lm
+        model = build_tiny_causal_lm(cfg.model.split(":", 1)[1], tokenizer, seed=cfg.seed)
+    else:
+        from rlhf.models.loading import load_causal_lm
 
-    model = load_causal_lm(cfg.model, cfg.dtype)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                        f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
-    return model
+        model = load_causal_lm(cfg.model, cfg.dtype if cfg.lora_r else "fp32", quantization=quant)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if not cfg.lora_r:
+        return model, None
+    from peft import LoraConfig, get_peft_model
+
+    target: Any = cfg.lora_target
+    if target != "all-linear":
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=target,
+                                                      lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM"))
+    return peft_model.get_base_model(), peft_model
+
+
+def save_model(acc: Any, model: Any, peft_model: Any, out: Path, dtype: str) -> None:
+    """Save an HF folder that plain transformers loads, in `dtype`: LoRA adapters merged; under FSDP/ZeRO-3 the
+    full state dict is gathered first (every process must call this)."""
+    from rlhf.models.precision import cast_state_dict
+
+    if peft_model is not None:
+        if acc.is_main_process:
+            merged = peft_model.merge_and_unload()
+            merged.save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(merged.state_dict(), dtype))
+        return
+    state = acc.get_state_dict(model)  # a collective under FSDP/DeepSpeed: gathers the shards
+    if acc.is_main_process:
+        acc.unwrap_model(model).save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(state, dtype))
+
+
+def _mode(row: dict[str, Any]) -> str:
+    if "messages" in row or isinstance(row.get("prompt"), list):
+        return "chat"
+    return "prompt/response" if "prompt" in row else "text"
 
 
 def tokenize_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, source: str
@@ -261,12 +324,19 @@ def tokenize_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: in
     """
     if not rows:
         raise UserError(f"{source}: no examples")
-    is_pair = "prompt" in rows[0]
+    mode = _mode(rows[0])
     eos = tokenizer.eos_token_id
     out = []
     for i, r in enumerate(rows, start=1):
         where = f"{source}: row {i}"
-        if is_pair:
+        if mode == "chat":
+            prompt, response = _chat_row(r, where)
+            ids_p = encode_chat_prompt(tokenizer, prompt, where)
+            ids_r = encode_chat_response(tokenizer, prompt, response, where=where)
+            ids, labels = ids_p + ids_r, [IGNORE] * len(ids_p) + ids_r
+        elif mode == "prompt/response":
+            if "response" not in r and "completion" in r:
+                r = {**r, "response": r["completion"]}
             for key in ("prompt", "response"):
                 if not isinstance(r.get(key), str):
                     raise UserError(f"{where}: field '{key}' missing or not a string (prompt/response format)")
@@ -288,6 +358,24 @@ def tokenize_examples(rows: list[dict[str, Any]], tokenizer: Any, max_length: in
                             "context or --max_length); shorten the example or raise --max_length")
         out.append((ids, labels))
     return out
+
+
+def _chat_row(r: dict[str, Any], where: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(prompt messages, response messages): {'messages'} splits before the last assistant turn (TRL's
+    conversational language modelling, loss on that turn); {'prompt', 'completion'|'response'} as given."""
+    from rlhf.models.chat import check_messages
+
+    if "messages" in r:
+        msgs = check_messages(r["messages"], f"{where}: field 'messages'")
+        last = max((k for k, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
+        if last <= 0:
+            raise UserError(f"{where}: field 'messages' needs an assistant message after at least one other message")
+        return msgs[:last], msgs[last:]
+    response = r.get("completion", r.get("response"))
+    if not isinstance(response, list):
+        raise UserError(f"{where}: a conversational 'prompt' needs 'completion' (or 'response') as a list of messages")
+    return check_messages(r["prompt"], f"{where}: field 'prompt'"), check_messages(response, f"{where}: field "
+                                                                                   "'completion'")
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
