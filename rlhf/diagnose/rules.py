@@ -34,6 +34,9 @@ CLIPFRAC_WARN, CLIPFRAC_SEVERE = 0.3, 0.5  # median over the run
 APPROXKL_WARN, APPROXKL_SEVERE = 0.05, 0.5  # median over the run
 GOLD_DROP = 0.1  # fitted fall of gold over the run, in gold-judge units (demo judge: range [-3, 1])
 GOLD_T = 2.0  # ... and its slope at least this many standard errors below 0 (not noise)
+# Gold plateau: over the second half of the run the proxy still rises by this much (normalised reward units, with
+# |t| >= GOLD_T) while gold gains less than GOLD_FLAT: the proxy has come unstuck from the preference it stands for.
+PROXY_RISE, GOLD_FLAT = 0.25, 0.02
 DISAGREE_GROWTH, DISAGREE_MIN_RISE = 1.5, 0.05
 LENGTH_GROWTH, LENGTH_SCORE_CORR = 1.3, 0.5
 DISTINCT2_WARN, DISTINCT2_SEVERE, DISTINCT2_FLOOR = 0.5, 0.2, 0.05
@@ -285,10 +288,12 @@ def approxkl_high(s: Stage) -> Hit | None:
                _range(ak), _optim_advice(s))
 
 
-@rule("over-optimisation", ("ppo",), "Reward over-optimisation: proxy up, gold down",
+@rule("over-optimisation", ("ppo",), "Reward over-optimisation: proxy up, gold down or flat",
       why="The reward model is a proxy for the real preference (here the gold judge). When the proxy score keeps "
           "rising while the gold score falls, the policy is exploiting the reward model's errors (Goodhart; Gao "
-          "et al. 2022): further training makes the policy worse.",
+          "et al. 2022): further training makes the policy worse. When gold has stopped improving but the proxy "
+          "keeps climbing (and the KL with it), the extra reward buys nothing real: the policy is drifting into "
+          "text the reward model was never trained on, the regime where gold starts to fall.",
       fix="Stop earlier: keep the checkpoint from before gold started to fall; raise kl_coef (or lower kl_target); "
           "train the reward model on more (and on-policy) preferences; use a reward ensemble.")
 def over_optimisation(s: Stage) -> Hit | None:
@@ -298,11 +303,31 @@ def over_optimisation(s: Stage) -> Hit | None:
     proxy_change, _ = _trend(proxy)
     gold_change, gold_t = _trend(gold)
     if proxy_change <= 0 or gold_change > -GOLD_DROP or gold_t > -GOLD_T:
-        return None
+        return _gold_plateau(s, proxy, gold)
     return Hit(SEVERE, f"over {_span(gold, 'updates')} the least-squares trend of objective/scores is "
                f"{proxy_change:+.3f} while objective/gold's is {gold_change:+.3f} (t = {gold_t:.1f}); gold "
                f"{_mean(_head(gold)):+.3f} ({_span(_head(gold), 'updates')}) -> {_mean(_tail(gold)):+.3f} "
                f"({_span(_tail(gold), 'updates')})", (gold.steps[0], gold.steps[-1]))
+
+
+def _gold_plateau(s: Stage, proxy: Series, gold: Series) -> Hit | None:
+    """Second half of the run: the proxy still rises clearly while gold no longer does (warning)."""
+    half = len(gold) // 2
+    if half < MIN_POINTS:
+        return None
+    p2, g2 = Series(proxy.steps[half:], proxy.values[half:]), Series(gold.steps[half:], gold.values[half:])
+    proxy_rise, proxy_t = _trend(p2)
+    gold_rise, _ = _trend(g2)
+    if proxy_rise < PROXY_RISE or proxy_t < GOLD_T or gold_rise >= GOLD_FLAT:
+        return None
+    kl = s.series("objective/kl").finite()
+    kl_note = ""
+    if len(kl) > half:
+        kl2 = Series(kl.steps[half:], kl.values[half:])
+        kl_note = f"; objective/kl {_mean(_head(kl2)):.1f} -> {_mean(_tail(kl2)):.1f} nats"
+    return Hit(WARNING, f"over {_span(p2, 'updates')} objective/scores still rose by {proxy_rise:+.2f} (t = "
+               f"{proxy_t:.1f}) while objective/gold changed by {gold_rise:+.3f} (at {_mean(_tail(g2)):+.3f})"
+               f"{kl_note}", (p2.steps[0], p2.steps[-1]))
 
 
 @rule("ensemble-disagreement", ("ppo",), "Reward ensemble disagreement is rising",

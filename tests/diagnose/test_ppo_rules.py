@@ -173,6 +173,20 @@ def test_length_exploitation(tmp_path):
     assert "length-exploitation" not in _hits(unrelated)
 
 
+def test_proxy_rising_after_gold_plateaued(tmp_path):
+    """Synthetic, shaped like the demo task run with kl_coef=0 for 120 updates (the gold judge saturates near +0.9
+    while the reward-model score keeps climbing and the KL runs away); that real run takes ~10 minutes, too long
+    for the suite, and the doctor's finding on it is quoted in the project notes."""
+    rows = ppo_rows(40, **{"objective/scores": lambda u: 0.05 * u, "objective/gold": lambda u: min(0.9, 0.1 * u),
+                           "objective/kl": lambda u: 5.0 * u})
+    f = _hits(write_stage(tmp_path / "plateau", rows))["over-optimisation"]
+    assert f.severity == "warning" and "objective/gold changed by +0.000" in f.evidence
+    # the same proxy rise while gold still improves is learning, not over-optimisation
+    rows = ppo_rows(40, **{"objective/scores": lambda u: 0.05 * u, "objective/gold": lambda u: 0.02 * u,
+                           "objective/kl": lambda u: 5.0 * u})
+    assert "over-optimisation" not in _hits(write_stage(tmp_path / "learning", rows))
+
+
 def test_adaptive_kl_far_above_target(tmp_path):
     rows = ppo_rows(8, **{"objective/kl": lambda u: 3.0 * u, "response/length_mean": 200.0})
     over = write_stage(tmp_path / "over", rows, config={"adaptive_kl": True, "kl_target": 4.0, "kl_coef": 0.05})
