@@ -44,6 +44,8 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         if name == command:
             add_config_arguments(p, getattr(importlib.import_module(module), cls_name))
+            p.add_argument("--dry-run", action="store_true", help="print the plan and per-GPU memory estimate of the "
+                           "--config recipe (configs/recipes/) and exit; nothing is loaded or downloaded")
     for name, (module, help_) in GROUPS.items():
         if name == command:
             importlib.import_module(module).register(sub)
@@ -64,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.command in GROUPS:
             return int(args.func(args) or 0)
+        if args.dry_run:
+            if not args.config:
+                raise UserError("--dry-run plans a recipe: pass --config configs/recipes/NAME.yaml")
+            from rlhf.plan import dry_run
+
+            return dry_run(args.config)
         from rlhf.config import load_config, overrides_from_args
 
         module, cls_name, _ = STAGES[args.command]

@@ -75,8 +75,10 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_
 @torch.no_grad()
 def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int, pad_token_id: int,
-             stop_at_eos: bool = True, min_new_tokens: int = 0) -> Batch:
-    """Sample one response per (left-padded) prompt row with the KV cache; responses cut after the first EOS."""
+             stop_at_eos: bool = True, min_new_tokens: int = 0, synced_gpus: bool = False) -> Batch:
+    """Sample one response per (left-padded) prompt row with the KV cache; responses cut after the first EOS.
+    synced_gpus: keep every process stepping until all are done (DeepSpeed ZeRO-3 gathers each layer's shards in a
+    collective, so a process that stopped early would hang the others)."""
     was_training = model.training
     model.eval()
     out = model.generate(
@@ -84,6 +86,7 @@ def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torc
         do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
         # stop_at_eos=False: fixed-length responses (benchmarks); the EOS id is still used for truncation
         eos_token_id=eos_token_id if stop_at_eos else None, pad_token_id=pad_token_id, use_cache=True,
+        **({"synced_gpus": True} if synced_gpus else {}),
     )
     if was_training:
         model.train()

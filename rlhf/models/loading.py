@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,10 @@ def _check_source(name_or_path: str | Path) -> str:
 def _friendly_load_error(what: str, source: str, e: Exception) -> UserError:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     hint = ""
-    if "offline" in msg.lower() or "connect" in msg.lower() or "resolve" in msg.lower():
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        hint = " (HF_HUB_OFFLINE is set: only models already in the Hugging Face cache load; download it first or " \
+               "pass a local folder)"
+    elif "offline" in msg.lower() or "connect" in msg.lower() or "resolve" in msg.lower():
         hint = " (no network: save the model locally and pass its folder, or set HF_HUB_OFFLINE=1 with a cached copy)"
     return UserError(f"could not load {what} from '{source}': {msg}{hint}")
 

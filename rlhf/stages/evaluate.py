@@ -28,7 +28,8 @@ import torch
 from rlhf.config import check, load_yaml, opt, save_config
 from rlhf.core import kl_estimate
 from rlhf.errors import UserError
-from rlhf.io import atomic_write_text, read_jsonl, write_jsonl
+from rlhf.io import atomic_write_text, write_jsonl
+from rlhf.models.data_source import read_rows
 from rlhf.stages.common import console, progress, set_seed, write_summary
 from rlhf.stages.sample import encode_prompts
 
@@ -56,7 +57,7 @@ class EvalConfig:
     gold: str = opt("", "gold judge: 'demo' (the demo task's sentiment judge, plus TextBlob polarity as a second "
                     "judge) or '' for none")
     batch_size: int = opt(32, "prompts generated and scored together")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
     device: str = opt("auto", "auto, cpu or cuda")
     reward_summary: str = opt("", "the reward stage's eval.json or summary.json (held-out RM accuracy, Bayes "
                               "accuracy); empty = look in --reward")
@@ -103,11 +104,14 @@ def run(cfg: EvalConfig) -> Path:
     (out / "summary.json").unlink(missing_ok=True)  # summary.json marks a finished stage; this one is not yet
     save_config(cfg, out / "config.yaml")
     set_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    from rlhf.models.precision import check_dtype, resolve_device
+
+    device = torch.device(resolve_device(cfg.device))  # cuda asked for on a machine without one: an error
+    check_dtype(cfg.dtype, device.type)  # inference: the weights are loaded in this dtype
     t_start = time.perf_counter()
 
     # 1. prompts, models (a path named twice is loaded once), reward model; one tokenizer for all of them
-    rows = read_jsonl(cfg.prompts, required=("prompt",))[: cfg.n_prompts or None]
+    rows = read_rows(cfg.prompts, required=("prompt",))[: cfg.n_prompts or None]
     rm_eval = read_rm_accuracy(cfg)
     tok, models = load_models(cfg, device)
     policy, baseline, ref = models[cfg.policy], models[cfg.baseline], models[cfg.ref]

@@ -32,10 +32,10 @@ from rlhf.core import (
     shape_rewards,
 )
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, read_jsonl, write_jsonl
+from rlhf.io import MetricsLogger, write_jsonl
+from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     console,
-    make_accelerator,
     progress,
     recover_checkpoint_dir,
     rng_state,
@@ -100,7 +100,15 @@ class PPOConfig:
     log_samples_every: int = opt(10, "print and store a table of sample responses every N updates (0 = never)")
     tensorboard: bool = opt(True, "also write TensorBoard logs to out/tb")
     seed: int = opt(0, "seed for prompt order and sampling")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights of the trained models "
+                     "(fp16: CUDA only, with loss scaling); the frozen reference, reward model and LoRA base are "
+                     "stored in it; the saved policy is in it")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass of the policy and value "
+                                       "models (less memory, ~30% slower training; generation is unaffected)")
+    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
+                       "bitsandbytes: CUDA only, needs lora_r > 0 and shared_value_head")
+    generation_backend: str = opt("transformers", "rollout generation: transformers (default, everywhere) or vllm "
+                                  "(GPU only; refused with the reason where it cannot run)")
     device: str = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if present")
 
@@ -127,13 +135,29 @@ class PPOConfig:
               "choose grad_accum dividing rollout_batch_size / num_minibatches")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", "use 1 or more")
         check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
+        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
+        check(not self.load_in or self.shared_value_head, "load_in", "a separate value model cannot be trained in "
+              "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
 
 
 def run(cfg: PPOConfig) -> Path:
+    from rlhf.models.precision import (
+        check_generation_backend,
+        make_training_accelerator,
+        quantization_config,
+        resolve_device,
+        training_mixed_precision,
+    )
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    acc = make_accelerator(cfg.device)
+    # options that cannot apply here are refused before anything loads
+    mixed = training_mixed_precision(cfg.dtype, resolve_device(cfg.device))  # autocast over fp32 master weights
+    quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)
+    check_generation_backend(cfg.generation_backend)
+    acc = make_training_accelerator(cfg.device, mixed)
     world = acc.num_processes
+    _check_distributed(cfg, acc)
     if cfg.rollout_batch_size % (cfg.num_minibatches * world):
         raise UserError(f"config field 'rollout_batch_size': {cfg.rollout_batch_size} is not divisible by "
                         f"num_minibatches x processes = {cfg.num_minibatches} x {world}; change one of them")
@@ -251,8 +275,8 @@ def run(cfg: PPOConfig) -> Path:
 
     # 3. save the policy (HF format, loads with plain transformers) and the value model; mark done
     acc.wait_for_everyone()
+    save_models(cfg, acc, m, out)
     if acc.is_main_process:
-        save_models(cfg, acc, m, out)
         write_summary(out, {"updates": cfg.updates, "train_s": time.perf_counter() - t_run, "last": last})
     console.print(f"[ppo] done: {cfg.updates} updates -> {out}")
     return out
@@ -279,7 +303,7 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         chunks.append(generate(unwrapped, p_ids.to(device), p_mask.to(device), max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                               stop_at_eos=cfg.stop_at_eos))
+                               stop_at_eos=cfg.stop_at_eos, synced_gpus=_sharded(acc)))
     batch = _concat(chunks, tok.pad_token_id)
     mask = batch.response_mask
     t_gen = time.perf_counter()
@@ -431,18 +455,26 @@ class State:
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
     from rlhf.models.reward import load_reward_model
     from rlhf.models.scalar import PerTokenScalar
 
+    # trained weights are fp32 master weights (autocast gives the low precision); frozen ones are stored in cfg.dtype
+    quant = quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)
     tok = load_tokenizer(cfg.policy, padding_side="left")
-    policy = load_causal_lm(cfg.policy, cfg.dtype)
+    policy = load_causal_lm(cfg.policy, cfg.dtype if cfg.lora_r else "fp32", quantization=quant)
+    policy = prepare_quantized(policy, cfg.load_in, cfg.gradient_checkpointing)
     context = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
     reward = load_reward_model(cfg.reward, dtype=cfg.dtype, device=str(device))
     _check_tokenizers(tok, reward.tokenizer_path, cfg)
     value = None
     if not cfg.shared_value_head:
-        value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, cfg.dtype, pad_token_id=tok.pad_token_id,
+        value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, "fp32", pad_token_id=tok.pad_token_id,
                                                  init_head_std=0.0 if cfg.value_head_init == "zero" else None))
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(value.model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     ref = None
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
@@ -466,15 +498,27 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
 
 
 def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
-    """The policy as a plain HF folder (LoRA merged); the value model in out/value (or the head in value_head.pt)."""
+    """The policy as a plain HF folder in cfg.dtype (LoRA merged); the value model in out/value (or the head in
+    value_head.pt). Every process calls this: under FSDP/ZeRO-3 the full state dicts are gathered first."""
+    from rlhf.models.precision import cast_state_dict
+
+    def gathered(model: Any, prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in acc.get_state_dict(model).items() if k.startswith(prefix)}
+
     policy = acc.unwrap_model(m.policy)
-    lm = policy.lm if cfg.shared_value_head else policy
+    shared = cfg.shared_value_head
+    policy_state = gathered(m.policy, "lm." if shared else "") if not cfg.lora_r else None
+    value_state = gathered(m.value, "model.") if m.value is not None else None
+    if not acc.is_main_process:
+        return
+    lm = policy.lm if shared else policy
     if cfg.lora_r:
         lm = lm.merge_and_unload()
-    lm.save_pretrained(out, safe_serialization=True)
+        policy_state = lm.state_dict()
+    lm.save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(policy_state, cfg.dtype))
     m.tokenizer.save_pretrained(out)
     if m.value is not None:
-        acc.unwrap_model(m.value).model.save_pretrained(out / "value", safe_serialization=True)
+        acc.unwrap_model(m.value).model.save_pretrained(out / "value", safe_serialization=True, state_dict=value_state)
         m.tokenizer.save_pretrained(out / "value")
     else:
         torch.save(policy.v_head.state_dict(), out / "value_head.pt")
@@ -485,7 +529,7 @@ def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[i
     through the chat template; check they fit with the response."""
     from rlhf.stages.sample import encode_prompts as encode
 
-    out = encode(read_jsonl(cfg.prompts, required=("prompt",)), tok, cfg.prompts, context, cfg.max_new_tokens)
+    out = encode(read_rows(cfg.prompts, required=("prompt",)), tok, cfg.prompts, context, cfg.max_new_tokens)
     if len(out) < cfg.rollout_batch_size:
         console.print(f"[ppo] note: {len(out)} prompts < rollout_batch_size {cfg.rollout_batch_size}: prompts repeat "
                       "within an update")
@@ -582,6 +626,22 @@ def _reference(ref: Any, policy: Any):
             yield
     else:
         yield
+
+
+def _check_distributed(cfg: PPOConfig, acc: Any) -> None:
+    """Distributed setups PPO cannot run, refused up front rather than failing or hanging mid-run."""
+    kind = acc.distributed_type.name
+    if kind == "DEEPSPEED" and not cfg.shared_value_head:
+        raise UserError("config field 'shared_value_head': under DeepSpeed accelerate prepares one model, and a "
+                        "separate value model is a second one; set --shared_value_head true (docs/recipes.md)")
+    if kind == "FSDP" and acc.num_processes > 1:
+        raise UserError("PPO rollouts cannot be generated from FSDP-sharded weights here; launch with DeepSpeed "
+                        "ZeRO-3 (configs/recipes/accelerate/zero3.yaml) or plain DDP")
+
+
+def _sharded(acc: Any) -> bool:
+    """Parameters sharded across processes (DeepSpeed ZeRO-3 / FSDP): generation must run in lock step."""
+    return acc.num_processes > 1 and acc.distributed_type.name in ("DEEPSPEED", "FSDP")
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ import torch
 
 from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
-from rlhf.io import atomic_write_text, read_jsonl
+from rlhf.io import atomic_write_text
+from rlhf.models.data_source import read_rows
 from rlhf.stages.common import console, progress, set_seed
 
 
@@ -36,7 +37,7 @@ class SampleConfig:
     max_new_tokens: int = opt(48, "longest response in tokens; generation stops earlier at EOS")
     batch_size: int = opt(64, "sequences generated together")
     seed: int = opt(0, "sampling seed")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16")
+    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
     device: str = opt("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
@@ -59,10 +60,13 @@ def run(cfg: SampleConfig) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out.with_suffix(".config.yaml"))
     set_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    from rlhf.models.precision import check_dtype, resolve_device
+
+    device = torch.device(resolve_device(cfg.device))  # cuda asked for on a machine without one: an error
+    check_dtype(cfg.dtype, device.type)  # inference: the weights are loaded in this dtype
 
     # 1. prompts, model, tokenizer
-    rows = read_jsonl(cfg.prompts, required=("prompt",))
+    rows = read_rows(cfg.prompts, required=("prompt",))  # JSONL, save_to_disk folder or hub dataset
     if cfg.max_prompts:
         rows = rows[: cfg.max_prompts]
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)

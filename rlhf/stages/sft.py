@@ -18,11 +18,11 @@ import torch
 
 from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, read_jsonl
+from rlhf.io import MetricsLogger
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
+from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     console,
-    make_accelerator,
     progress,
     recover_checkpoint_dir,
     rng_state,
@@ -94,19 +94,19 @@ def run(cfg: SFTConfig) -> Path:
     """Train, evaluate, checkpoint; save an HF model folder at cfg.out. Returns cfg.out."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from rlhf.models.precision import resolve_device, training_mixed_precision
+    from rlhf.models.precision import make_training_accelerator, resolve_device, training_mixed_precision
 
     device_type = resolve_device(cfg.device)
     mixed = training_mixed_precision(cfg.dtype, device_type)  # bf16/fp16: autocast over fp32 master weights
     quant = _quantization(cfg)  # refused here, before any loading, when it cannot apply
-    acc = make_accelerator(cfg.device, mixed_precision=mixed, grad_accum=cfg.grad_accum)
+    acc = make_training_accelerator(cfg.device, mixed, cfg.grad_accum)
     set_seed(cfg.seed)
     if acc.is_main_process:
         save_config(cfg, out / "config.yaml")
 
     # 1. data and tokenizer
-    train_rows = read_jsonl(cfg.data)
-    eval_rows = read_jsonl(cfg.eval_data) if cfg.eval_data else []
+    train_rows = read_rows(cfg.data)  # JSONL, a save_to_disk folder or a hub dataset ORG/NAME[:split]
+    eval_rows = read_rows(cfg.eval_data) if cfg.eval_data else []
     tokenizer = _tokenizer(cfg, train_rows)
     if acc.is_main_process:
         tokenizer.save_pretrained(out)  # saved first, so a resumed run uses exactly this tokenizer
@@ -120,7 +120,8 @@ def run(cfg: SFTConfig) -> Path:
     # 2. optimiser and schedule
     steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * acc.num_processes))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    opt_ = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    opt_ = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     model, opt_ = acc.prepare(model, opt_)
 

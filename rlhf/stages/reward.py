@@ -1,0 +1,927 @@
+"""Reward model: a scalar head on the SFT model, trained with the pairwise Bradley-Terry loss on preference pairs,
+then normalised so its reward has mean 0 and std 1 on SFT samples. Runs through `accelerate` like `rlhf sft`.
+
+    rlhf reward --model runs/x/sft --data runs/x/preferences.jsonl --out runs/x/reward
+
+Input rows (what `rlhf label export` writes; see rlhf/data/preferences.py):
+    {"prompt", "chosen", "rejected", "margin"?, "agreement"?, "group_id"?, "split"?: "train"|"heldout", "tie"?}
+or Anthropic-HH rows {"chosen", "rejected"} with full transcripts (the shared prefix becomes the prompt).
+Pairs with one `group_id` come from one k-wise ranking: they always share a batch, and each distinct response of a
+batch is forwarded once (InstructGPT, Ouyang et al. 2022, sec. 3.5). Options and outputs: docs/reward.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf.config import check, opt, save_config
+from rlhf.core import pairwise_loss
+from rlhf.errors import UserError
+from rlhf.io import MetricsLogger, atomic_write_text
+from rlhf.models.data_source import iter_rows
+from rlhf.models.data_source import where as row_where
+from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
+from rlhf.stages.common import (
+    console,
+    progress,
+    recover_checkpoint_dir,
+    rng_state,
+    save_checkpoint_dir,
+    set_rng_state,
+    set_seed,
+    write_summary,
+)
+from rlhf.stages.sft import lr_factor
+
+STAT_KEYS = ("loss", "accuracy", "margin_mean", "tie_loss", "reward_mean")  # preference_loss stats, logged as rm/*
+ASSISTANT = "\n\nAssistant:"  # Anthropic HH transcripts: the prompt ends with the last shared Assistant marker
+
+
+@dataclass
+class RewardConfig:
+    model: str = opt("runs/sft", "model to start from: the SFT model folder (default: rlhf sft's default output), "
+                     "any local folder or hub id of a causal LM, or an existing reward model")
+    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own")
+    data: str = opt("", "preference JSONL: {prompt, chosen, rejected, margin?, agreement?, group_id?, split?, tie?} "
+                    "rows (rlhf label export) or HH rows {chosen, rejected} with full transcripts")
+    eval_data: str = opt("", "held-out preference JSONL; only when `data` has no split=heldout rows")
+    eval_fraction: float = opt(0.1, "without split=heldout rows or eval_data: hold out this seeded fraction of groups "
+                               "(a ranking's pairs stay together); 0 = no evaluation")
+    bayes_accuracy: float = opt(0.0, "Bayes-optimal accuracy of the held-out labels; 0 = read 'bayes_accuracy' from "
+                                "<data>.meta.json or <data stem>.meta.json if present")
+    out: str = opt("runs/reward", "output folder: HF scalar-head model + tokenizer, reward_config.json, eval.json, "
+                   "metrics.jsonl, checkpoint/, members/N/ for ensembles")
+    max_length: int = opt(0, "longest prompt+response in tokens; 0 = the model's context. Longer pairs are skipped "
+                          "and counted (never cut: a cut response would be scored on the wrong text)")
+    epochs: float = opt(1.0, "passes over the training pairs; 1 as in InstructGPT and Stiennon et al. 2020 (a reward "
+                        "model overfits its comparisons after about one epoch)")
+    max_steps: int = opt(0, "optimiser steps; 0 = from epochs")
+    batch_size: int = opt(32, "preference pairs per micro-batch per process (whole rankings are packed together, so a "
+                          "batch holds up to this many pairs, or one larger ranking)")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    lr: float = opt(1e-3, "peak learning rate (AdamW); suits the tiny demo models, use ~1e-5 for billion-parameter "
+                    "models (InstructGPT: 9e-6)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    schedule: str = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    warmup_steps: int = opt(10, "linear warm-up steps")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    use_margin: bool = opt(False, "subtract each pair's 'margin' (label strength) inside the loss (Llama 2). Off by "
+                           "default: it helps separate strong preferences but the plain loss stays calibrated")
+    ties: str = opt("skip", "rows with \"tie\": true: skip (counted; Bradley-Terry has no tie outcome, and the export "
+                    "already drops ties) or equal (train toward equal reward: loss -1/2[log s(d) + log s(-d)])")
+    center_coef: float = opt(0.0, "weight of the auxiliary centring term coef * mean(r)^2 (Eisenstein et al. 2023 use "
+                             "0.01): keeps raw rewards near 0 (the pairwise loss ignores a shared offset)")
+    ensemble: int = opt(1, "train N reward models with seeds seed..seed+N-1 (head init and data order); member 0 is "
+                        "the main folder, member i is members/i/. Their disagreement flags reward hacking in PPO")
+    head_std: float | None = opt(None, "std of a fresh scalar head's N(0, std) init; empty = 1/sqrt(hidden+1) "
+                                 "(Stiennon et al. 2020). A model that already has a reward head keeps it")
+    eval_every: int = opt(50, "evaluate on the held-out pairs every N optimiser steps (and at the start and the end)")
+    save_every: int = opt(100, "write checkpoint/ every N optimiser steps (0 = only at the end)")
+    log_every: int = opt(10, "log training metrics every N optimiser steps")
+    norm_samples: str = opt("", "`rlhf sample` JSONL ({prompt, responses, ended?}) of SFT samples on the prompt "
+                            "distribution to normalise on; empty = the training pairs' distinct responses")
+    strict: bool = opt(False, "stop with an error if any row would be skipped, instead of counting and reporting skips")
+    lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. The head is always trained in full and the "
+                      "adapters are merged before saving, so plain transformers loads the result")
+    lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
+    seed: int = opt(0, "seed for the head init, the held-out split and the data order")
+    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
+                     "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
+                       "needs lora_r > 0")
+    device: str = opt("auto", "auto, cpu or cuda")
+    resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
+
+    def validate(self) -> None:
+        check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
+        check(bool(self.model), "model", "no model given", "pass --model runs/NAME/sft (or a hub id)")
+        check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",
+              "use e.g. 0.1, or 0 for no held-out set")
+        check(0 <= self.bayes_accuracy <= 1, "bayes_accuracy", f"{self.bayes_accuracy} is not a probability",
+              "use a value in (0.5, 1], or 0 to read the export's meta file")
+        check(self.max_length >= 0, "max_length", "must be >= 0", "use 0 for the model's context")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
+        check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
+        check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
+        check(self.schedule in ("cosine", "linear", "constant"), "schedule", f"unknown '{self.schedule}'",
+              "use cosine, linear or constant")
+        check(self.ties in ("skip", "equal"), "ties", f"unknown '{self.ties}'", "use skip or equal")
+        check(self.center_coef >= 0, "center_coef", "must be >= 0", "use 0 (off) or a small value like 0.01")
+        check(self.ensemble >= 1, "ensemble", "must be >= 1", "use 1 for a single reward model")
+        check(self.head_std is None or self.head_std >= 0, "head_std", "must be >= 0", "leave it empty for the default")
+        check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1",
+              "use 1 or more")
+        check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 8")
+        check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"unknown '{self.dtype}'", "use fp32, bf16 or fp16")
+        check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'", "use auto, cpu or cuda")
+        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
+
+
+def run(cfg: RewardConfig) -> Path:
+    """Train cfg.ensemble reward models, evaluate them, normalise them; returns cfg.out (loads with
+    `rlhf.models.reward.load_reward_model`, and member 0 with plain transformers)."""
+    from rlhf.models.loading import load_tokenizer
+    from rlhf.models.precision import (
+        make_training_accelerator,
+        quantization_config,
+        resolve_device,
+        training_mixed_precision,
+    )
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mixed = training_mixed_precision(cfg.dtype, resolve_device(cfg.device))  # autocast over fp32 master weights
+    quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)  # refused now, not after reading the data, if it cannot apply
+    acc = make_training_accelerator(cfg.device, mixed, cfg.grad_accum)
+    if acc.is_main_process:
+        (out / "summary.json").unlink(missing_ok=True)  # summary.json marks a finished stage; this run is not yet
+        save_config(cfg, out / "config.yaml")
+
+    # 1. tokenizer, then every distinct prompt+response tokenised once
+    resumed_tok = cfg.resume and (out / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(out if resumed_tok else (cfg.tokenizer or cfg.model))
+    if acc.is_main_process:
+        tokenizer.save_pretrained(out)
+    max_length = _context_length(cfg)
+    table = SequenceTable(tokenizer, max_length)
+
+    # 2. preference pairs and the held-out set; skipped rows are counted and reported, never dropped silently
+    pairs, skips = read_pairs(cfg.data, table, cfg.ties)
+    train, evals, eval_source, eval_skips = split_heldout(cfg, pairs, table)
+    _report_skips(cfg, {"data": skips, "eval_data": eval_skips})
+    eval_ties = sum(p.tie for p in evals)
+    evals = [p for p in evals if not p.tie]  # held-out accuracy has no meaning for a tie label
+    if not train:
+        raise UserError(f"{cfg.data}: no training pairs left (after skips and the held-out split); check the file")
+    bayes = _bayes_accuracy(cfg)
+    groups = len({p.group for p in train})
+    say(f"[reward] {len(train)} training pairs in {groups} groups, {len(evals)} held-out pairs "
+        f"({eval_source}), {len(table.seqs)} distinct responses, max_length {max_length}")
+
+    # 3. train each ensemble member (member 0 in `out`, member i in out/members/i)
+    t_start = time.perf_counter()
+    steps = 0
+    for member in range(cfg.ensemble):
+        steps = train_member(cfg, member, tokenizer, table, train, evals, bayes, acc)
+
+    # 4. score the held-out pairs and the normalisation set with each saved member (main process)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        summary = finalize(cfg, tokenizer, table, train, evals, bayes, acc.device)
+        summary.update({"steps": steps, "train_pairs": len(train), "train_groups": groups, "eval_pairs": len(evals),
+                        "eval_source": eval_source, "distinct_responses": len(table.seqs),
+                        "skipped": {"data": dict(skips), "eval_data": dict(eval_skips)},
+                        "eval_ties_excluded": eval_ties,
+                        "train_s": time.perf_counter() - t_start})
+        write_summary(out, summary)
+        say(f"[reward] done: {_eval_line(summary)} -> {out}")
+    acc.wait_for_everyone()
+    return out
+
+
+def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: SequenceTable, train: list[Pair],
+                 evals: list[Pair], bayes: float | None, acc: Any) -> int:
+    """Train one reward model into member_dir(out, member); returns its optimiser steps. A finished member
+    (member.json present) is skipped on resume."""
+    folder = member_dir(cfg.out, member)
+    if cfg.resume and (folder / "member.json").exists():
+        return int(_read_json(folder / "member.json")["steps"])
+    if acc.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "member.json").unlink(missing_ok=True)
+    seed = cfg.seed + member
+    set_seed(seed)
+    model, peft_model = build_model(cfg, tokenizer, seed)
+    scorer = LastTokenScorer(model)
+    tag = f"reward[{member}]" if cfg.ensemble > 1 else "reward"
+
+    # optimiser and schedule; an epoch is the number of group-packed batches of this seed's first shuffle
+    batches_per_epoch = len(group_batches(train, cfg.batch_size, seed=_epoch_seed(seed, 0)))
+    steps_per_epoch = math.ceil(batches_per_epoch / (cfg.grad_accum * acc.num_processes))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_ = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
+    scorer, opt_ = acc.prepare(scorer, opt_)
+
+    step, micro = 0, 0
+    ckpt = recover_checkpoint_dir(folder / "checkpoint") if cfg.resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        acc.unwrap_model(scorer).model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+        opt_.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, micro = state["step"], state["micro"]
+        say(f"[{tag}] resumed from {ckpt} at step {step}")
+        if acc.is_main_process:
+            _truncate_metrics(folder / "metrics.jsonl", step)
+    metrics = MetricsLogger(folder / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+
+    def log(row: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.log(row)
+
+    def save_checkpoint() -> None:
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+
+        def build(tmp: Path) -> None:
+            torch.save(acc.unwrap_model(scorer).model.state_dict(), tmp / "model.pt")
+            torch.save({"optimizer": opt_.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
+                        "step": step, "micro": micro}, tmp / "trainer_state.pt")
+
+        save_checkpoint_dir(build, folder / "checkpoint")
+
+    def evaluate_now() -> dict[str, float]:
+        chosen, rejected = score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, acc)
+        return eval_metrics(chosen, rejected, bayes)
+
+    if step == 0 and evals:
+        ev = evaluate_now()
+        log({"step": 0, **ev})
+        say(f"[{tag}] untrained: {_eval_line(ev)}")
+
+    # train: group-packed micro-batches in a seeded order per epoch; `micro` counts them for exact resume
+    scorer.train()
+    sums: Counter = Counter()
+    t_log, tokens = time.perf_counter(), 0
+    with progress() as bar:
+        task = bar.add_task(tag, total=total_steps, completed=step, info="")
+        batches = iter_batches(train, cfg.batch_size, seed, acc.process_index, acc.num_processes, start=micro)
+        while step < total_steps:
+            batch = collate_pairs(next(batches), table, tokenizer.pad_token_id)
+            micro += 1
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(scorer):
+                rewards = scorer(batch["input_ids"], batch["attention_mask"])  # (U,): one per distinct response
+                loss, stats = preference_loss(rewards, batch, cfg.use_margin, cfg.center_coef)
+                acc.backward(loss)
+                sums.update({k: float(v) for k, v in stats.items()})
+                sums.update({f"n_{k}": 1 for k in stats})
+                tokens += int(batch["attention_mask"].sum())
+                grad_norm = None
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
+                    opt_.step()
+                    sched.step()
+                    opt_.zero_grad(set_to_none=True)
+            if not acc.sync_gradients:
+                continue
+            step += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                row = {"step": step, "epoch": micro * acc.num_processes / batches_per_epoch,
+                       "rm/lr": sched.get_last_lr()[0],
+                       "throughput/tokens_per_s": tokens * acc.num_processes / max(time.perf_counter() - t_log, 1e-9)}
+                # sums over every process's micro-batches since the last log (a batch may lack ties or preferences)
+                totals = acc.reduce(torch.tensor([[sums[k], sums[f"n_{k}"]] for k in STAT_KEYS], device=acc.device,
+                                                 dtype=torch.float64), "sum").tolist()
+                row.update({f"rm/{k}": s / n for k, (s, n) in zip(STAT_KEYS, totals) if n})
+                if grad_norm is not None:
+                    row["rm/grad_norm"] = grad_norm
+                if "rm/loss" in row and not math.isfinite(row["rm/loss"]):
+                    raise UserError(f"reward loss became {row['rm/loss']} at step {step}; lower --lr (now {cfg.lr}) "
+                                    "or check the data")
+                log(row)
+                bar.update(task, info=f"loss {row.get('rm/loss', float('nan')):.3f}")
+                sums, tokens, t_log = Counter(), 0, time.perf_counter()
+            if evals and (step % cfg.eval_every == 0 or step == total_steps):
+                ev = evaluate_now()
+                log({"step": step, **ev})
+                bar.update(task, info=f"held-out acc {ev['eval/rm_accuracy']:.3f}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                save_checkpoint()
+            bar.update(task, completed=step)
+
+    # save an HF folder that plain transformers loads: adapters merged, pad id set, tokenizer next to it
+    acc.wait_for_everyone()
+    from rlhf.models.precision import cast_state_dict
+
+    # under FSDP/ZeRO-3 the full state dict is gathered first (a collective: every process calls it)
+    state = acc.get_state_dict(scorer) if peft_model is None else None
+    if acc.is_main_process:
+        final = acc.unwrap_model(scorer).model
+        if peft_model is not None:
+            final = peft_model.merge_and_unload()
+            state = final.state_dict()
+        else:  # the scorer's keys carry its `model.` prefix
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+        final.config.pad_token_id = tokenizer.pad_token_id
+        final.save_pretrained(folder, safe_serialization=True, state_dict=cast_state_dict(state, cfg.dtype))
+        tokenizer.save_pretrained(folder)
+        if metrics is not None:
+            metrics.close()
+        atomic_write_text(folder / "member.json", _json({"member": member, "seed": seed, "steps": step}))
+    acc.free_memory()  # drop accelerate's references to this member's model and optimiser
+    return step
+
+
+def finalize(cfg: RewardConfig, tokenizer: Any, table: SequenceTable, train: list[Pair], evals: list[Pair],
+             bayes: float | None, device: Any) -> dict[str, Any]:
+    """Load each saved member, evaluate it on the held-out pairs, fit its normalisation (gain, bias) on the
+    normalisation set, and write reward_config.json files and eval.json. Returns the summary's eval part."""
+    from rlhf.models.loading import load_scalar_model
+
+    norm_idx, source, norm_skips = normalisation_set(cfg, table, train)
+    if norm_skips:
+        say(f"[reward] normalisation set: skipped {sum(norm_skips.values())} responses: "
+            + ", ".join(f"{n} x {r}" for r, n in norm_skips.items()))
+    out = Path(cfg.out)
+    specs, norms, member_evals, diffs = [], [], [], []
+    for member in range(cfg.ensemble):
+        folder = member_dir(out, member)
+        scorer = LastTokenScorer(load_scalar_model(folder, dtype=cfg.dtype).to(device).eval())
+        raw = score_sequences(scorer, norm_idx, table, cfg.batch_size, tokenizer.pad_token_id, device)
+        mean, std = float(raw.mean()), float(raw.std(unbiased=False))
+        if not std > 0:
+            raise UserError(f"member {member}: every normalisation response got the same reward {mean}; the model "
+                            "did not learn (check the data and --lr)")
+        # lm-human-preferences: gain and bias so the reward has mean 0 and std 1 on SFT samples
+        norm = {"gain": 1.0 / std, "bias": -mean / std, "raw_mean": mean, "raw_std": std, "n": len(raw),
+                "source": source}
+        norms.append(norm)
+        specs.append({"path": os.path.relpath(folder, out), "gain": norm["gain"], "bias": norm["bias"]})
+        member_cfg = {"format": FORMAT, **norm, **_scoring_notes(), "member": member}
+        atomic_write_text(folder / REWARD_CONFIG, _json(member_cfg))
+        if evals:
+            chosen, rejected = score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, None)
+            diffs.append((chosen, rejected))
+            member_evals.append(eval_metrics(chosen, rejected, bayes))
+    main_cfg = {"format": FORMAT, **norms[0], **_scoring_notes()}
+    if cfg.ensemble > 1:
+        main_cfg["members"] = specs
+    atomic_write_text(out / REWARD_CONFIG, _json(main_cfg))
+
+    summary: dict[str, Any] = {"normalisation": {**norms[0], "members": specs}}
+    if evals:
+        # an ensemble is evaluated on the mean of its members' raw scores (each on the Bradley-Terry scale)
+        chosen = torch.stack([c for c, _ in diffs]).mean(0)
+        rejected = torch.stack([r for _, r in diffs]).mean(0)
+        final = eval_metrics(chosen, rejected, bayes)
+        report = {**final, **eval_breakdown(chosen - rejected, evals), "eval_pairs": len(evals)}
+        if cfg.ensemble > 1:
+            report["members"] = member_evals
+        atomic_write_text(out / "eval.json", _json(report))
+        summary.update(final)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data: rows -> pairs over a table of distinct token sequences
+
+
+@dataclass
+class Pair:
+    chosen: int  # row of the SequenceTable
+    rejected: int
+    margin: float | None
+    agreement: float | None
+    tie: bool
+    group: str  # pairs of one ranking share a group; a plain pair is its own group
+    split: str | None
+    where: str  # file:line, for messages
+
+
+class Skip(Exception):
+    """A row that is counted and reported, not trained on."""
+
+
+class SequenceTable:
+    """Distinct prompt+response token sequences: each is tokenised once (each distinct prompt too) and a batch
+    forwards each of its distinct sequences once."""
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.seqs: list[list[int]] = []
+        self._index: dict[Any, int] = {}
+        self._prompts: dict[str, list[int]] = {}
+
+    def add(self, prompt: str | list[dict[str, str]], response: str | list[dict[str, str]], ended: bool = True) -> int:
+        """Row of prompt + response; conversational ones (lists of messages) go through the chat template."""
+        pkey = json.dumps(prompt) if isinstance(prompt, list) else prompt  # messages are lists: not hashable
+        key = (pkey, json.dumps(response) if isinstance(response, list) else response, ended)
+        if key not in self._index:
+            if pkey not in self._prompts:
+                self._prompts[pkey] = encode_prompt(self.tokenizer, prompt)
+            self._index[key] = self.add_ids(self._prompts[pkey] + encode_response(self.tokenizer, response, ended,
+                                                                                 prompt=prompt))
+        return self._index[key]
+
+    def add_ids(self, ids: list[int]) -> int:
+        if not ids:
+            raise Skip("empty sequence (no tokens)")
+        if len(ids) > self.max_length:
+            raise Skip(f"longer than max_length={self.max_length} tokens (prompt+response; raise --max_length up to "
+                       "the model's context)")
+        self.seqs.append(list(ids))
+        return len(self.seqs) - 1
+
+
+def read_pairs(path: str | Path, table: SequenceTable, ties: str) -> tuple[list[Pair], Counter]:
+    """Preference rows -> pairs; a malformed row is a UserError naming file:line and field, a row that cannot be
+    trained on (identical or empty responses, too long, a tie with ties=skip) is counted under its reason."""
+    pairs, skips = [], Counter()
+    for lineno, row in iter_rows(path):  # JSONL, a save_to_disk folder or a hub dataset ORG/NAME[:split]
+        where = row_where(path, lineno)
+        try:
+            pairs.append(parse_row(row, where, table, ties))
+        except Skip as e:
+            skips[str(e)] += 1
+    if not pairs and not skips:
+        raise UserError(f"{path}: no rows (the file is empty)")
+    return pairs, skips
+
+
+def parse_row(row: dict[str, Any], where: str, table: SequenceTable, ties: str) -> Pair:
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise UserError(f"{where}: field '{key}' missing; expected {{prompt, chosen, rejected}} rows (rlhf label "
+                            "export, TRL) or HH rows {chosen, rejected} with full transcripts")
+    if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
+        prompt, chosen, rejected = _conversational(row, where)
+    else:
+        for key in ("chosen", "rejected"):
+            if not isinstance(row[key], str):
+                raise UserError(f"{where}: field '{key}' must be a string or a list of messages, got "
+                                f"{type(row[key]).__name__}")
+        if "prompt" in row:
+            if not isinstance(row["prompt"], str):
+                raise UserError(f"{where}: field 'prompt' must be a string like chosen and rejected, got "
+                                f"{type(row['prompt']).__name__}")
+            prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        else:
+            prompt, chosen, rejected = split_shared_prefix(row["chosen"], row["rejected"])
+    margin, agreement = _number(row, "margin", where), _number(row, "agreement", where)
+    if agreement is not None and not 0 <= agreement <= 1:
+        raise UserError(f"{where}: field 'agreement' must be in [0, 1], got {agreement}")
+    split = row.get("split")
+    if split is not None and split not in ("train", "heldout"):
+        raise UserError(f"{where}: field 'split' must be 'train' or 'heldout', got {split!r}")
+    tie = row.get("tie", False)
+    if not isinstance(tie, bool):
+        raise UserError(f"{where}: field 'tie' must be true or false, got {tie!r}")
+    group_id = row.get("group_id")
+    if group_id is not None and not isinstance(group_id, (str, int)):
+        raise UserError(f"{where}: field 'group_id' must be a string, got {type(group_id).__name__}")
+    if not _text(chosen).strip() or not _text(rejected).strip():
+        raise Skip("empty chosen or rejected response")
+    if chosen == rejected:
+        raise Skip("chosen and rejected are identical (no preference to learn)")
+    if tie and ties == "skip":
+        raise Skip("tie (ties: skip)")
+    return Pair(table.add(prompt, chosen), table.add(prompt, rejected), margin, agreement, tie,
+                f"group:{group_id}" if group_id is not None else f"row:{where}", split, where)
+
+
+def _conversational(row: dict[str, Any], where: str) -> tuple[list, list, list]:
+    """TRL conversational preference rows: {prompt: [messages], chosen: [messages], rejected: [messages]}, or
+    without prompt (the shared leading messages are the prompt). Rendered later through the chat template."""
+    from rlhf.models.chat import check_messages, split_conversations
+
+    if not (isinstance(row["chosen"], list) and isinstance(row["rejected"], list)):
+        raise UserError(f"{where}: fields 'chosen' and 'rejected' must both be lists of messages or both strings")
+    if "prompt" not in row or (isinstance(row["prompt"], str) and len(row["chosen"]) > 1):
+        # no prompt, or UltraFeedback-binarized's prompt string with whole conversations in chosen/rejected
+        return split_conversations(row["chosen"], row["rejected"], where)
+    if not isinstance(row["prompt"], list):
+        raise UserError(f"{where}: field 'prompt' must be a list of messages like chosen and rejected")
+    return (check_messages(row["prompt"], f"{where}: field 'prompt'"),
+            check_messages(row["chosen"], f"{where}: field 'chosen'"),
+            check_messages(row["rejected"], f"{where}: field 'rejected'"))
+
+
+def _text(response: str | list[dict[str, str]]) -> str:
+    return response if isinstance(response, str) else "".join(m["content"] for m in response)
+
+
+def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """HH-style full transcripts -> (prompt, chosen response, rejected response) with prompt + response == the
+    transcript. The prompt ends after the last shared '\\n\\nAssistant:'; without one, before the last shared
+    whitespace (so a word is never split and responses keep their leading space, as in prompt/response data)."""
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(ASSISTANT)
+    if cut >= 0:
+        cut += len(ASSISTANT)
+    else:
+        cut = max((i for i, ch in enumerate(shared) if ch.isspace()), default=0)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def split_heldout(cfg: RewardConfig, pairs: list[Pair], table: SequenceTable
+                  ) -> tuple[list[Pair], list[Pair], str, Counter]:
+    """(train, held-out, where the held-out set came from, skips in eval_data)."""
+    eval_skips: Counter = Counter()
+    if any(p.split == "heldout" for p in pairs):
+        if cfg.eval_data:
+            raise UserError(f"{cfg.data} has split=heldout rows and --eval_data {cfg.eval_data} was also given; "
+                            "drop --eval_data to use the file's held-out rows, or remove the split fields")
+        train = [p for p in pairs if p.split != "heldout"]
+        evals, source = [p for p in pairs if p.split == "heldout"], "rows with split=heldout"
+    elif cfg.eval_data:
+        train = pairs
+        evals, eval_skips = read_pairs(cfg.eval_data, table, cfg.ties)
+        source = f"eval_data {cfg.eval_data}"
+    elif cfg.eval_fraction > 0:
+        groups = sorted({p.group for p in pairs})
+        random.Random(cfg.seed).shuffle(groups)
+        n_eval = round(cfg.eval_fraction * len(groups))
+        if n_eval == 0 or n_eval == len(groups):
+            raise UserError(f"{cfg.data}: {len(groups)} groups are too few to hold out eval_fraction="
+                            f"{cfg.eval_fraction} of them; add data, pass --eval_data, or set --eval_fraction 0")
+        held = set(groups[:n_eval])
+        train = [p for p in pairs if p.group not in held]
+        evals, source = [p for p in pairs if p.group in held], f"seeded {cfg.eval_fraction:g} of the groups"
+    else:
+        return pairs, [], "none (eval_fraction 0)", eval_skips
+    return train, evals, source, eval_skips
+
+
+def group_batches(pairs: list[Pair], batch_size: int, seed: int | None = None) -> list[list[Pair]]:
+    """Pairs packed into micro-batches of at most `batch_size` pairs, a group's pairs always together (a larger
+    group is a batch of its own). `seed` shuffles the order of the groups; None keeps the file order."""
+    groups: dict[str, list[Pair]] = {}
+    for p in pairs:
+        groups.setdefault(p.group, []).append(p)
+    order = list(groups.values())
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    batches, cur = [], []
+    for g in order:
+        if cur and len(cur) + len(g) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur = cur + g
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def iter_batches(pairs: list[Pair], batch_size: int, seed: int, rank: int, world: int, start: int = 0):
+    """Endless micro-batches: a fresh seeded group order per epoch; rank r takes every world-th batch; the first
+    `start` micro-batches are skipped (exact resume)."""
+    epoch, produced = 0, 0
+    while True:
+        for batch in group_batches(pairs, batch_size, _epoch_seed(seed, epoch))[rank::world]:
+            if produced >= start:
+                yield batch
+            produced += 1
+        epoch += 1
+
+
+def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[str, torch.Tensor]:
+    """One right-padded row per distinct sequence of the batch (U rows); chosen/rejected (P,) index those rows.
+
+    Returns input_ids, attention_mask (U, T); chosen, rejected (P,) long; margin (P,) float (0 where absent);
+    tie (P,) bool."""
+    rows: dict[int, int] = {}
+    for p in pairs:
+        rows.setdefault(p.chosen, len(rows))
+        rows.setdefault(p.rejected, len(rows))
+    seqs = [table.seqs[i] for i in rows]
+    n = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "chosen": torch.tensor([rows[p.chosen] for p in pairs]),
+            "rejected": torch.tensor([rows[p.rejected] for p in pairs]),
+            "margin": torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32),
+            "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loss and evaluation
+
+
+def preference_loss(rewards: torch.Tensor, batch: dict[str, torch.Tensor], use_margin: bool = False,
+                    center_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """rewards: (U,) one per distinct response of the batch; batch: `collate_pairs` output. Returns (loss, stats).
+
+    loss = mean over the batch's pairs of the per-pair term (Bradley-Terry for preferences, the tie term for ties)
+           + center_coef * mean(rewards)^2. stats: loss, accuracy, margin_mean (preference pairs), tie_loss (ties),
+    reward_mean."""
+    tie = batch["tie"]
+    chosen, rejected = rewards[batch["chosen"]], rewards[batch["rejected"]]
+    n = len(tie)
+    loss = rewards.new_zeros(())
+    stats: dict[str, torch.Tensor] = {}
+    pref = ~tie
+    if pref.any():
+        margin = batch["margin"][pref] if use_margin else None
+        # Ouyang et al. 2022 eq. 1; margin from Touvron et al. 2023 (Llama 2)
+        bt, s = pairwise_loss(chosen[pref], rejected[pref], margin)
+        loss = loss + bt * (pref.sum() / n)
+        stats.update(loss=bt.detach(), accuracy=s["accuracy"], margin_mean=s["margin_mean"])
+    if tie.any():
+        # a tie is a Bradley-Terry target of 1/2: -1/2 [log s(d) + log s(-d)], smallest at d = 0
+        tl = 0.5 * (pairwise_loss(chosen[tie], rejected[tie])[0] + pairwise_loss(rejected[tie], chosen[tie])[0])
+        loss = loss + tl * (tie.sum() / n)
+        stats["tie_loss"] = tl.detach()
+    if center_coef:
+        loss = loss + center_coef * rewards.mean() ** 2  # Eisenstein et al. 2023: the BT loss ignores a shared offset
+    stats["reward_mean"] = rewards.detach().mean()
+    return loss, stats
+
+
+@torch.no_grad()
+def score_pairs(scorer: Any, pairs: list[Pair], table: SequenceTable, batch_size: int, pad_id: int, acc: Any = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen scores, rejected scores), each (P,) float32 in pair order. With an Accelerator, the batches are
+    shared across processes (each process makes the same number of forward calls, as DDP/FSDP need) and the
+    results gathered; without one (acc None) `scorer` is a plain module run here."""
+    from accelerate.utils import gather_object
+
+    was_training = scorer.training
+    scorer.eval()
+    order = {id(p): i for i, p in enumerate(pairs)}
+    batches = group_batches(pairs, batch_size)
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    mine = batches[rank::world]
+    per_rank = math.ceil(len(batches) / world)
+    device = acc.device if acc is not None else next(scorer.parameters()).device
+    results = []
+    for k in range(per_rank):
+        batch = mine[k] if k < len(mine) else batches[0]  # equal call counts on every process
+        b = collate_pairs(batch, table, pad_id)
+        s = scorer(b["input_ids"].to(device), b["attention_mask"].to(device)).float().cpu()
+        if k < len(mine):
+            results += [(order[id(p)], float(s[c]), float(s[r])) for p, c, r in zip(batch, b["chosen"], b["rejected"])]
+    if world > 1:
+        results = gather_object(results)
+    if was_training:
+        scorer.train()
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
+    for i, c, r in results:
+        chosen[i], rejected[i] = c, r
+    return chosen, rejected
+
+
+def expected_calibration_error(p: torch.Tensor, y: torch.Tensor, n_bins: int = 10) -> float:
+    """sum_b (n_b / N) |mean(p in b) - mean(y in b)| over `n_bins` equal-width bins of p in [0, 1] (p = 1 falls in
+    the last bin). p: (N,) predicted probabilities, y: (N,) outcomes in {0, 1}."""
+    bins = (p * n_bins).long().clamp(0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += float(sel.sum()) / len(p) * abs(float(p[sel].mean()) - float(y[sel].float().mean()))
+    return total
+
+
+def preference_ece(diff: torch.Tensor, n_bins: int = 10) -> float:
+    """ECE of sigmoid(r_A - r_B) as P(A preferred). Each pair is counted in both orders (A = chosen: outcome 1;
+    A = rejected: outcome 0), so the bins are symmetric around 1/2; diff = r_chosen - r_rejected, (P,)."""
+    p = torch.sigmoid(diff.float())
+    return expected_calibration_error(torch.cat([p, 1 - p]), torch.cat([torch.ones_like(p), torch.zeros_like(p)]),
+                                      n_bins)
+
+
+def eval_metrics(chosen: torch.Tensor, rejected: torch.Tensor, bayes: float | None) -> dict[str, float]:
+    """Held-out metrics (names in docs/metrics.md); chosen, rejected: (P,) scores of the labelled-better/-worse side."""
+    loss, stats = pairwise_loss(chosen, rejected)  # no margin: comparable across use_margin settings
+    out = {"eval/rm_loss": float(loss), "eval/rm_accuracy": float(stats["accuracy"]),
+           "eval/rm_ece": preference_ece(chosen - rejected), "eval/rm_pairs": len(chosen)}
+    if bayes:
+        out["eval/rm_bayes_accuracy"] = bayes
+        out["eval/rm_accuracy_vs_bayes"] = out["eval/rm_accuracy"] / bayes
+    return out
+
+
+def eval_breakdown(diff: torch.Tensor, pairs: list[Pair]) -> dict[str, Any]:
+    """Held-out accuracy by label strength (margin) and by labeler agreement: {"by_margin": {bucket: {pairs,
+    accuracy}}, "by_agreement": ...}. Up to 8 distinct values are their own buckets; more are cut in quartiles."""
+    correct = (diff > 0).tolist()
+    return {"by_margin": _by_value([p.margin for p in pairs], correct),
+            "by_agreement": _by_value([p.agreement for p in pairs], correct)}
+
+
+def _by_value(values: list[float | None], correct: list[bool]) -> dict[str, dict[str, float]]:
+    known = sorted({round(v, 3) for v in values if v is not None})
+    if len(known) <= 8:
+        def label(v: float) -> str:
+            return f"{round(v, 3):g}"
+    else:
+        edges = [known[round(q * (len(known) - 1))] for q in (0.25, 0.5, 0.75)]
+
+        def label(v: float) -> str:
+            k = sum(v > e for e in edges)
+            lo = known[0] if k == 0 else edges[k - 1]
+            hi = edges[k] if k < 3 else known[-1]
+            return f"{lo:g}-{hi:g}"
+    buckets: dict[str, list[bool]] = {}
+    for v, c in zip(values, correct):
+        buckets.setdefault("none" if v is None else label(v), []).append(c)
+    return {k: {"pairs": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(buckets.items())}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# normalisation
+
+
+def normalisation_set(cfg: RewardConfig, table: SequenceTable, train: list[Pair]) -> tuple[list[int], str, Counter]:
+    """Table rows to normalise on, a description of the source, and skips. `norm_samples` rows are `rlhf sample`
+    output {prompt, responses: [...], ended?: [...]}; without it, the training pairs' distinct responses (SFT-like
+    samples when the pairs were labelled on SFT samples, as in the pipeline)."""
+    skips: Counter = Counter()
+    if not cfg.norm_samples:
+        rows = sorted({i for p in train for i in (p.chosen, p.rejected)})
+        return rows, f"training pairs of {cfg.data} (chosen and rejected responses)", skips
+    idx = []
+    for lineno, row in iter_rows(cfg.norm_samples):
+        where = row_where(cfg.norm_samples, lineno)
+        if not isinstance(row.get("prompt"), (str, list)) or not isinstance(row.get("responses"), list):
+            raise UserError(f"{where}: expected an `rlhf sample` row {{prompt: str or messages, responses: [str, ...]}}")
+        ended = row.get("ended") or [True] * len(row["responses"])
+        for response, end in zip(row["responses"], ended):
+            if not isinstance(response, str):
+                raise UserError(f"{where}: field 'responses' must hold strings")
+            try:
+                idx.append(table.add(row["prompt"], response, bool(end)))
+            except Skip as e:
+                skips[str(e)] += 1
+    if len(idx) < 2:
+        raise UserError(f"{cfg.norm_samples}: {len(idx)} usable responses; need at least 2 to normalise the reward")
+    return idx, f"samples {cfg.norm_samples}", skips
+
+
+@torch.no_grad()
+def score_sequences(scorer: Any, idx: list[int], table: SequenceTable, batch_size: int, pad_id: int, device: Any
+                    ) -> torch.Tensor:
+    """(n,) float32 scores of table rows `idx` (sorted by length into batches of 2*batch_size to pad little)."""
+    order = sorted(range(len(idx)), key=lambda k: len(table.seqs[idx[k]]))
+    out = torch.zeros(len(idx))
+    for s in range(0, len(order), 2 * batch_size):
+        chunk = order[s: s + 2 * batch_size]
+        seqs = [table.seqs[idx[k]] for k in chunk]
+        n = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), n), dtype=torch.long)
+        for i, x in enumerate(seqs):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        out[chunk] = scorer(ids.to(device), mask.to(device)).float().cpu()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def member_dir(out: str | Path, member: int) -> Path:
+    return Path(out) if member == 0 else Path(out) / "members" / str(member)
+
+
+def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]:
+    """(HF scalar-head model, peft model or None). A fresh head is drawn N(0, head_std) under `seed`; with LoRA
+    the returned HF model has the adapters injected (train through it) and the peft model merges them."""
+    from rlhf.models.loading import default_head_std, load_scalar_model, scalar_head
+    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
+
+    # trained weights are fp32 master weights (autocast does the low precision); a frozen LoRA base is in cfg.dtype
+    model = load_scalar_model(cfg.model, dtype=cfg.dtype if cfg.lora_r else "fp32", pad_token_id=tokenizer.pad_token_id,
+                              quantization=quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+                        f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    has_head = any(a.endswith("ForSequenceClassification") for a in (model.config.architectures or []))
+    head = scalar_head(model)
+    if cfg.head_std is not None or not has_head:
+        std = default_head_std(model) if cfg.head_std is None else cfg.head_std
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head.weight.normal_(0.0, std)  # Stiennon et al. 2020: small init, so early rewards are near 0
+            if head.bias is not None:
+                head.bias.zero_()
+    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if not cfg.lora_r:
+        return model, None
+    from peft import LoraConfig, get_peft_model
+
+    head_name = next(n for n, m in model.named_modules() if m is head)
+    target: Any = cfg.lora_target
+    if target != "all-linear":
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target,
+                      exclude_modules=[head_name])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, lora)
+    # the head is new: train it in full (what peft's modules_to_save does), and it is saved as a plain Linear;
+    # in fp32 like every trained weight
+    head.float().requires_grad_(True)
+    return peft_model.get_base_model(), peft_model
+
+
+def _context_length(cfg: RewardConfig) -> int:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not read the model config of '{cfg.model}': {str(e).splitlines()[0]} (train the SFT "
+                        "model first with `rlhf sft`, or pass --model FOLDER_OR_HUB_ID)") from None
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if cfg.max_length and context and cfg.max_length > context:
+        raise UserError(f"--max_length {cfg.max_length} is longer than the model's context ({context}); lower it")
+    return cfg.max_length or context or 2048
+
+
+def _bayes_accuracy(cfg: RewardConfig) -> float | None:
+    """--bayes_accuracy, else 'bayes_accuracy' from the export's sidecar: <data>.meta.json (e.g.
+    preferences.jsonl.meta.json) or <data stem>.meta.json (preferences.meta.json, what rlhf label export writes)."""
+    if cfg.bayes_accuracy:
+        return cfg.bayes_accuracy
+    data = Path(cfg.data)
+    for meta in (data.with_name(data.name + ".meta.json"), data.with_name(data.stem + ".meta.json")):
+        if meta.exists():
+            value = _read_json(meta).get("bayes_accuracy")
+            if value is not None:
+                if not isinstance(value, (int, float)) or not 0 < value <= 1:
+                    raise UserError(f"{meta}: 'bayes_accuracy' must be a number in (0, 1], got {value!r}")
+                return float(value)
+    return None
+
+
+def _report_skips(cfg: RewardConfig, skips: dict[str, Counter]) -> None:
+    for name, counts in skips.items():
+        if not counts:
+            continue
+        path = getattr(cfg, name)
+        lines = ", ".join(f"{n} x {reason}" for reason, n in counts.most_common())
+        if cfg.strict:
+            raise UserError(f"{path}: {sum(counts.values())} rows cannot be used ({lines}); fix them, or drop "
+                            "--strict to skip them")
+        say(f"[reward] {path}: skipped {sum(counts.values())} rows: {lines}")
+
+
+def say(message: str) -> None:
+    """Print a progress line; markup off, so '[reward]' and file names with brackets print as written."""
+    console.print(message, markup=False, highlight=False)
+
+
+def _eval_line(ev: dict[str, Any]) -> str:
+    if "eval/rm_accuracy" not in ev:
+        return "no held-out set"
+    line = f"held-out accuracy {ev['eval/rm_accuracy']:.3f}, loss {ev['eval/rm_loss']:.3f}, ECE {ev['eval/rm_ece']:.3f}"
+    if "eval/rm_accuracy_vs_bayes" in ev:
+        line += f", {ev['eval/rm_accuracy_vs_bayes']:.1%} of the Bayes-optimal {ev['eval/rm_bayes_accuracy']:.3f}"
+    return line
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from, so metrics.jsonl has each step once."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _scoring_notes() -> dict[str, Any]:
+    return {"score_at": "last real token (attention mask)", "append_eos": True,
+            "encoding": "prompt with the tokenizer's special tokens + response without them + EOS if it ended"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def _number(row: dict[str, Any], key: str, where: str) -> float | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: field '{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
