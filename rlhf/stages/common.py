@@ -20,6 +20,11 @@ from rlhf.io import atomic_write_text, fsync_dir
 console = Console(stderr=True)
 
 
+def say(message: str) -> None:
+    """Print a progress line; markup off, so '[ppo]' and file names with brackets print as written."""
+    console.print(message, markup=False, highlight=False)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -30,7 +30,7 @@ from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import console, progress, set_seed, write_summary
+from rlhf.stages.common import console, progress, say, set_seed, write_summary
 from rlhf.stages.sample import encode_prompts
 
 DEFAULT_TEMPERATURE = 0.7  # PPO's default: eval samples the way the policy was trained to be sampled
@@ -169,7 +169,7 @@ def run(cfg: EvalConfig) -> Path:
     print_table(report)
     write_summary(out, {"eval_s": time.perf_counter() - t_start, "pairs": len(items),
                         "win_rate": report["win_rate"], "kl": report["kl"]})
-    console.print(f"[eval] {len(items)} pairs on {len(rows)} prompts -> {out}")
+    say(f"[eval] {len(items)} pairs on {len(rows)} prompts -> {out}")
     return out
 
 
@@ -342,7 +342,7 @@ def add_label_tasks(cfg: EvalConfig, samples: list[dict[str, Any]]) -> dict[str,
         new_ids, existing = store.add_tasks(specs)
     finally:
         store.close()
-    console.print(f"[eval] labeling: {len(new_ids)} pairwise tasks added to {cfg.label_db} ({existing} already there, "
+    say(f"[eval] labeling: {len(new_ids)} pairwise tasks added to {cfg.label_db} ({existing} already there, "
                   f"{identical} identical pairs skipped)")
     return {"db": cfg.label_db, "tasks_added": len(new_ids), "already_present": existing,
             "identical_skipped": identical}
@@ -477,6 +477,6 @@ def read_rm_accuracy(cfg: EvalConfig) -> dict[str, Any]:
                     "source": str(path)}
         if given is not None:
             raise UserError(f"{path}: no 'eval/rm_accuracy' key (was the reward model trained with held-out pairs?)")
-    console.print(f"[eval] note: no held-out reward-model accuracy found in {given or cfg.reward} "
+    say(f"[eval] note: no held-out reward-model accuracy found in {given or cfg.reward} "
                   "(eval.json / summary.json); rm.accuracy is null")
     return {"accuracy": None, "bayes_accuracy": None, "source": None}

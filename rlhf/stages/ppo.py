@@ -40,6 +40,7 @@ from rlhf.stages.common import (
     recover_checkpoint_dir,
     rng_state,
     save_checkpoint_dir,
+    say,
     set_rng_state,
     set_seed,
     write_summary,
@@ -212,7 +213,7 @@ def run(cfg: PPOConfig) -> Path:
         s.kl_ctl.load_state_dict(state["kl_ctl"])
         set_rng_state(state["rng"])
         start = state["update"]
-        console.print(f"[ppo] resumed from {ckpt} after update {start}")
+        say(f"[ppo] resumed from {ckpt} after update {start}")
     metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
     tb = _tensorboard(out, cfg.tensorboard and acc.is_main_process)
 
@@ -260,7 +261,7 @@ def run(cfg: PPOConfig) -> Path:
                                     f"or check the reward model's scores; run `rlhf doctor {out}`")
                 if stop["signal"] is not None:
                     save_checkpoint(update)
-                    console.print(f"[ppo] stopped by signal {stop['signal']} after update {update}; checkpoint "
+                    say(f"[ppo] stopped by signal {stop['signal']} after update {update}; checkpoint "
                                   "saved; continue with --resume")
                     raise KeyboardInterrupt
                 if cfg.save_every and update % cfg.save_every == 0 and update < cfg.updates:
@@ -278,7 +279,7 @@ def run(cfg: PPOConfig) -> Path:
     save_models(cfg, acc, m, out)
     if acc.is_main_process:
         write_summary(out, {"updates": cfg.updates, "train_s": time.perf_counter() - t_run, "last": last})
-    console.print(f"[ppo] done: {cfg.updates} updates -> {out}")
+    say(f"[ppo] done: {cfg.updates} updates -> {out}")
     return out
 
 
@@ -531,7 +532,7 @@ def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[i
 
     out = encode(read_rows(cfg.prompts, required=("prompt",)), tok, cfg.prompts, context, cfg.max_new_tokens)
     if len(out) < cfg.rollout_batch_size:
-        console.print(f"[ppo] note: {len(out)} prompts < rollout_batch_size {cfg.rollout_batch_size}: prompts repeat "
+        say(f"[ppo] note: {len(out)} prompts < rollout_batch_size {cfg.rollout_batch_size}: prompts repeat "
                       "within an update")
     return out
 

@@ -32,11 +32,11 @@ from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
 from rlhf.stages.common import (
-    console,
     progress,
     recover_checkpoint_dir,
     rng_state,
     save_checkpoint_dir,
+    say,
     set_rng_state,
     set_seed,
     write_summary,
@@ -877,11 +877,6 @@ def _report_skips(cfg: RewardConfig, skips: dict[str, Counter]) -> None:
             raise UserError(f"{path}: {sum(counts.values())} rows cannot be used ({lines}); fix them, or drop "
                             "--strict to skip them")
         say(f"[reward] {path}: skipped {sum(counts.values())} rows: {lines}")
-
-
-def say(message: str) -> None:
-    """Print a progress line; markup off, so '[reward]' and file names with brackets print as written."""
-    console.print(message, markup=False, highlight=False)
 
 
 def _eval_line(ev: dict[str, Any]) -> str:

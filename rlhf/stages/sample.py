@@ -20,7 +20,7 @@ from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import console, progress, set_seed
+from rlhf.stages.common import progress, say, set_seed
 
 
 @dataclass
@@ -104,7 +104,7 @@ def run(cfg: SampleConfig) -> Path:
                                  "sampling": sampling}, ensure_ascii=False))
     atomic_write_text(out, "\n".join(lines) + "\n")
     eos_rate = sum(map(sum, ended)) / max(1, len(rows) * cfg.k)
-    console.print(f"[sample] {len(rows)} prompts x {cfg.k} responses, EOS rate {eos_rate:.2f}, "
+    say(f"[sample] {len(rows)} prompts x {cfg.k} responses, EOS rate {eos_rate:.2f}, "
                   f"{n_tokens / (time.perf_counter() - t0):.0f} tokens/s -> {out}")
     return out
 

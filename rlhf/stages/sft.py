@@ -22,11 +22,11 @@ from rlhf.io import MetricsLogger
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
-    console,
     progress,
     recover_checkpoint_dir,
     rng_state,
     save_checkpoint_dir,
+    say,
     set_rng_state,
     set_seed,
     write_summary,
@@ -135,7 +135,7 @@ def run(cfg: SFTConfig) -> Path:
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
-        console.print(f"resumed from {ckpt} at step {step}")
+        say(f"[sft] resumed from {ckpt} at step {step}")
     metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
 
     def log(row: dict[str, Any]) -> None:
@@ -157,7 +157,7 @@ def run(cfg: SFTConfig) -> Path:
     if step == 0 and evals:
         ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
         log({"step": 0, **ev})
-        console.print(f"[sft] untrained model: eval loss {ev['eval/loss']:.3f}, perplexity {ev['eval/perplexity']:.1f}")
+        say(f"[sft] untrained model: eval loss {ev['eval/loss']:.3f}, perplexity {ev['eval/perplexity']:.1f}")
 
     # 4. train: micro-batches in a seeded order per epoch; `micro` counts micro-batches for exact resume
     model.train()
@@ -222,7 +222,7 @@ def run(cfg: SFTConfig) -> Path:
         if metrics is not None:
             metrics.close()
     if "eval/perplexity" in summary:
-        console.print(f"[sft] done: {step} steps, eval perplexity {summary['eval/perplexity']:.2f} -> {out}")
+        say(f"[sft] done: {step} steps, eval perplexity {summary['eval/perplexity']:.2f} -> {out}")
     return out
 
 

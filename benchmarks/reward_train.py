@@ -1,0 +1,149 @@
+"""Reward-model training speed on the standard tiny workload, through the stage's own batching, forward and loss.
+
+Workload: byte-level BPE tokenizer (256-byte alphabet, no prefix space) trained here on 20,000 generated sentences
+(`rlhf.data.demo.corpus_sentences`), vocab exactly 4096 (BPE stops at 1,802 on this regular corpus; the rest are
+unused added tokens, as in benchmarks/_workload.py) with <pad>=0 and <eos>=1 (no BOS/UNK);
+LlamaForSequenceClassification(num_labels=1) from config with torch.manual_seed(0): hidden 128, 4 layers, 4 heads
+(4 KV), intermediate 256, 128 positions, fp32, SDPA (1,180,928 parameters); 512 pairs, each side 48 ids (16-id
+prompt + 31 response ids + <eos>); 16 pairs per step (one 32 x 48 forward), 1 epoch = 32 AdamW steps with gradient
+clipping at 1.0 (the stage default); 2 torch threads. Each repeat starts from the same seed-0 model; one untimed
+warm-up step runs first.
+
+    .venv/bin/python benchmarks/reward_train.py [--smoke] [--repeats 3] [--threads 2]
+
+Prints per-step and per-repeat figures, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import time
+
+import torch
+
+from rlhf.data.demo import corpus_sentences
+from rlhf.models.reward import LastTokenScorer
+from rlhf.stages.reward import Pair, SequenceTable, collate_pairs, group_batches, preference_loss
+
+VOCAB, PAD, EOS = 4096, 0, 1
+PROMPT_IDS, RESPONSE_IDS = 16, 31
+N_PARAMS = 1_180_928
+
+
+def build_tokenizer(sentences: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, min_frequency=2, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(sentences, trainer=trainer)
+    # the generated corpus is regular: BPE runs out of merges at 1,802 tokens (every word one token), so the
+    # vocabulary is padded with unused added tokens to exactly 4,096, as benchmarks/_workload.py does for PPO
+    tok.add_tokens([f"<unused_{i}>" for i in range(tok.get_vocab_size(), VOCAB)])
+    assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
+    assert (tok.token_to_id("<pad>"), tok.token_to_id("<eos>")) == (PAD, EOS)
+    return tok
+
+
+def build_model():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=256, max_position_embeddings=128, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+                         num_labels=1, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).float()
+    n = sum(p.numel() for p in model.parameters())
+    assert n == N_PARAMS, f"{n} parameters, expected {N_PARAMS}"
+    return model
+
+
+def build_pairs(tok, sentences: list[str], n_pairs: int) -> tuple[SequenceTable, list[Pair]]:
+    """Pairs of exact lengths cut from the tokenised sentence stream: prompt 16 ids, each response 31 ids + EOS."""
+    stream = [i for s in sentences for i in tok.encode(" " + s).ids]
+    rng = random.Random(0)
+    table = SequenceTable(tokenizer=None, max_length=128)
+    pairs = []
+
+    def window(n: int) -> list[int]:
+        start = rng.randrange(len(stream) - n)
+        return stream[start: start + n]
+
+    for k in range(n_pairs):
+        prompt = window(PROMPT_IDS)
+        chosen, rejected = prompt + window(RESPONSE_IDS) + [EOS], prompt + window(RESPONSE_IDS) + [EOS]
+        pairs.append(Pair(table.add_ids(chosen), table.add_ids(rejected), margin=None, agreement=None, tie=False,
+                          group=f"p{k}", split=None, where=f"pair {k}"))
+    assert all(len(s) == 48 for s in table.seqs)
+    return table, pairs
+
+
+def train_epoch(table: SequenceTable, pairs: list[Pair], batch_size: int, max_steps: int) -> list[float]:
+    """One epoch (or max_steps) from a fresh seed-0 model; returns seconds per optimiser step."""
+    scorer = LastTokenScorer(build_model()).train()
+    opt = torch.optim.AdamW(scorer.parameters(), lr=1e-4)
+    times = []
+    for batch in group_batches(pairs, batch_size, seed=0)[:max_steps]:
+        t = time.perf_counter()
+        b = collate_pairs(batch, table, PAD)
+        rewards = scorer(b["input_ids"], b["attention_mask"])
+        assert rewards.shape == (2 * len(batch),)
+        loss, _ = preference_loss(rewards, b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="a minimal run (few sentences and steps) for the tests")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    n_sentences, n_pairs, repeats = (2000, 64, 1) if args.smoke else (20000, 512, args.repeats)
+    batch_size, max_steps = 16, (2 if args.smoke else 10**9)
+
+    t = time.perf_counter()
+    sentences = corpus_sentences(n_sentences, seed=0)
+    tok = build_tokenizer(sentences)
+    table, pairs = build_pairs(tok, sentences, n_pairs)
+    setup_s = time.perf_counter() - t
+    train_epoch(table, pairs[:batch_size], batch_size, 1)  # warm-up: first-call overheads stay out of the timings
+
+    step_s, pairs_per_s = [], []
+    for r in range(repeats):
+        times = train_epoch(table, pairs, batch_size, max_steps)
+        step_s += times
+        pairs_per_s.append(len(times) * batch_size / sum(times))
+        print(f"repeat {r + 1}: {len(times)} steps, {sum(times):.2f} s, {pairs_per_s[-1]:.1f} pairs/s")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"s/step median {statistics.median(step_s):.4f} min {min(step_s):.4f} max {max(step_s):.4f}; "
+          f"pairs/s median {statistics.median(pairs_per_s):.1f} min {min(pairs_per_s):.1f} "
+          f"max {max(pairs_per_s):.1f}; peak RSS {peak_rss_mb:.0f} MB")
+    print(json.dumps({
+        "benchmark": "reward_train", "smoke": args.smoke, "pairs": len(pairs), "batch_pairs": batch_size,
+        "steps_per_repeat": len(step_s) // repeats, "repeats": repeats, "threads": torch.get_num_threads(),
+        "params": N_PARAMS, "vocab": tok.get_vocab_size(), "seq_len": 48,
+        "pairs_per_s": statistics.median(pairs_per_s), "pairs_per_s_min": min(pairs_per_s),
+        "pairs_per_s_max": max(pairs_per_s), "s_per_step_median": statistics.median(step_s),
+        "s_per_step_min": min(step_s), "s_per_step_max": max(step_s), "peak_rss_mb": peak_rss_mb,
+        "setup_s": setup_s, "torch": torch.__version__,
+        "loadavg_1m": os.getloadavg()[0],  # other work on the machine slows a 2-thread run a lot: check this
+    }))
+
+
+if __name__ == "__main__":
+    main()
