@@ -275,3 +275,35 @@ def test_shared_value_head_runs_and_learns_values(setup, tmp_path):
     assert rows[0]["value/mean"] == 0.0  # a fresh head starts at zero
     assert rows[-1]["value/explained_variance"] > rows[0]["value/explained_variance"]
     assert not any("v_head" in k for k in _weights(out))  # the policy folder is a plain causal LM
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_then_resume_finishes(setup, tmp_path):
+    """SIGTERM mid-run: the current update finishes, a checkpoint is written, the exit is 130; --resume completes."""
+    import signal
+    import time
+
+    out = tmp_path / "term"
+    args = [sys.executable, "-m", "rlhf.cli", "ppo", "--policy", str(setup["base"]), "--reward", str(setup["rm"]),
+            "--prompts", str(setup["prompts"]), "--out", str(out), "--updates", "400", "--rollout_batch_size", "8",
+            "--num_minibatches", "2", "--ppo_epochs", "1", "--max_new_tokens", "8", "--save_every", "0",
+            "--log_samples_every", "0", "--tensorboard", "false", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err
+    import torch as _torch
+
+    saved = _torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)["update"]
+    assert saved == len(_metrics(out)) and saved < 400
+    resumed = subprocess.run([*args[:args.index("--updates") + 1], str(saved + 2), *args[args.index("--updates") + 2:],
+                              "--resume", "true"], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["step"] for r in _metrics(out)] == list(range(1, saved + 3))
