@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+from _workload import build_tokenizer  # the same 4,096-id tokenizer as the PPO workload (benchmarks/ is on sys.path)
 
 from rlhf.data.demo import corpus_sentences
 from rlhf.models.reward import LastTokenScorer
@@ -33,23 +34,6 @@ from rlhf.stages.reward import Pair, SequenceTable, collate_pairs, group_batches
 VOCAB, PAD, EOS = 4096, 0, 1
 PROMPT_IDS, RESPONSE_IDS = 16, 31
 N_PARAMS = 1_180_928
-
-
-def build_tokenizer(sentences: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, min_frequency=2, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(sentences, trainer=trainer)
-    # the generated corpus is regular: BPE runs out of merges at 1,802 tokens (every word one token), so the
-    # vocabulary is padded with unused added tokens to exactly 4,096, as benchmarks/_workload.py does for PPO
-    tok.add_tokens([f"<unused_{i}>" for i in range(tok.get_vocab_size(), VOCAB)])
-    assert tok.get_vocab_size() == VOCAB, tok.get_vocab_size()
-    assert (tok.token_to_id("<pad>"), tok.token_to_id("<eos>")) == (PAD, EOS)
-    return tok
 
 
 def build_model():
