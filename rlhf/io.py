@@ -84,6 +84,23 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str,
     return rows
 
 
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Resuming from a checkpoint taken at `step`: keep only the rows logged up to it, so each step appears once.
+    A torn last line (the process was killed mid-write) is dropped too."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
 class MetricsLogger:
     """Appends one JSON object per logged step to `metrics.jsonl` (flushed and fsynced per line)."""
 

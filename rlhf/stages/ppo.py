@@ -32,7 +32,7 @@ from rlhf.core import (
     shape_rewards,
 )
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, write_jsonl
+from rlhf.io import MetricsLogger, truncate_metrics, write_jsonl
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     console,
@@ -214,6 +214,8 @@ def run(cfg: PPOConfig) -> Path:
         set_rng_state(state["rng"])
         start = state["update"]
         say(f"[ppo] resumed from {ckpt} after update {start}")
+        if acc.is_main_process:
+            truncate_metrics(out / "metrics.jsonl", start)
     metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
     tb = _tensorboard(out, cfg.tensorboard and acc.is_main_process)
 

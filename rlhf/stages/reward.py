@@ -27,7 +27,7 @@ import torch
 from rlhf.config import check, opt, save_config
 from rlhf.core import pairwise_loss
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, atomic_write_text
+from rlhf.io import MetricsLogger, atomic_write_text, truncate_metrics
 from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
@@ -230,7 +230,7 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
         step, micro = state["step"], state["micro"]
         say(f"[{tag}] resumed from {ckpt} at step {step}")
         if acc.is_main_process:
-            _truncate_metrics(folder / "metrics.jsonl", step)
+            truncate_metrics(folder / "metrics.jsonl", step)
     metrics = MetricsLogger(folder / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
 
     def log(row: dict[str, Any]) -> None:
@@ -886,13 +886,6 @@ def _eval_line(ev: dict[str, Any]) -> str:
     if "eval/rm_accuracy_vs_bayes" in ev:
         line += f", {ev['eval/rm_accuracy_vs_bayes']:.1%} of the Bayes-optimal {ev['eval/rm_bayes_accuracy']:.3f}"
     return line
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from, so metrics.jsonl has each step once."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _scoring_notes() -> dict[str, Any]:

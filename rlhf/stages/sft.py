@@ -18,7 +18,7 @@ import torch
 
 from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger
+from rlhf.io import MetricsLogger, truncate_metrics
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
@@ -136,6 +136,8 @@ def run(cfg: SFTConfig) -> Path:
         set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
         say(f"[sft] resumed from {ckpt} at step {step}")
+        if acc.is_main_process:
+            truncate_metrics(out / "metrics.jsonl", step)
     metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
 
     def log(row: dict[str, Any]) -> None:

@@ -149,9 +149,8 @@ def test_resume_is_bit_identical(setup, tmp_path, monkeypatch):
     va, vb = _weights(straight / "value"), _weights(resumed / "value")
     for k in va:
         assert torch.equal(va[k], vb[k]), k
-    # metrics of update 3 were logged once before the crash? no: the crash hit update 4's start; 3 is logged twice
-    steps = [r["step"] for r in _metrics(resumed)]
-    assert steps[-1] == 4 and sorted(set(steps)) == [1, 2, 3, 4]
+    # update 3 was logged before the crash, after the update-2 checkpoint: resume drops it and logs it again once
+    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4]
 
 
 def test_lora_reference_equals_base_model(setup, tmp_path):
