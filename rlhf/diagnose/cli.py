@@ -45,14 +45,10 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["doctor", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"rlhf: error: {e}", file=sys.stderr)
-        return 2
+    """`rlhf doctor ARGS` through the one entry point (its parsing and its one-line errors)."""
+    from rlhf.cli import main as rlhf_main
+
+    return rlhf_main(["doctor", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from rlhf.errors import UserError
-
 HELP = "write a self-contained HTML report of a run: curves, reward vs KL, proxy vs gold, samples, findings"
 
 
@@ -27,14 +25,10 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"rlhf: error: {e}", file=sys.stderr)
-        return 2
+    """`rlhf report ARGS` through the one entry point (its parsing and its one-line errors)."""
+    from rlhf.cli import main as rlhf_main
+
+    return rlhf_main(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
