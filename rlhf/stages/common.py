@@ -56,6 +56,15 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_acc
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
 
 
+def make_optimizer(cls: type[torch.optim.Optimizer], params: Any, **kw: Any) -> torch.optim.Optimizer:
+    """torch.optim.Adam/AdamW with the fused kernel (the whole update in one op per dtype and device: same maths,
+    ~2x faster steps on small models; transformers' Trainer default) where every parameter is on CPU or CUDA."""
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
+    return cls(groups, fused=fused or None, **kw)
+
+
 def progress(transient: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

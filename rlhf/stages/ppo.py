@@ -36,6 +36,7 @@ from rlhf.io import MetricsLogger, truncate_metrics, write_jsonl
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     console,
+    make_optimizer,
     progress,
     recover_checkpoint_dir,
     rng_state,
@@ -108,6 +109,10 @@ class PPOConfig:
                                        "models (less memory, ~30% slower training; generation is unaffected)")
     load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
                        "bitsandbytes: CUDA only, needs lora_r > 0 and shared_value_head")
+    rollout_logprobs: str = opt("auto", "where the rollout's log-probs come from: sampler (the sampling step's own "
+                                "logits: no extra policy forward; equal to a full forward to ~1e-6 in fp32), "
+                                "recompute (one more forward after sampling), or auto (sampler in fp32 with a "
+                                "separate value model, recompute otherwise: bf16/fp16 KV-cache logits drift)")
     generation_backend: str = opt("transformers", "rollout generation: transformers (default, everywhere) or vllm "
                                   "(GPU only; refused with the reason where it cannot run)")
     device: str = opt("auto", "auto, cpu or cuda")
@@ -136,6 +141,8 @@ class PPOConfig:
               "choose grad_accum dividing rollout_batch_size / num_minibatches")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", "use 1 or more")
         check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
+        check(self.rollout_logprobs in ("auto", "sampler", "recompute"), "rollout_logprobs",
+              f"unknown '{self.rollout_logprobs}'", "use auto, sampler or recompute")
         check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
         check(not self.load_in or self.shared_value_head, "load_in", "a separate value model cannot be trained in "
               "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
@@ -180,11 +187,11 @@ def run(cfg: PPOConfig) -> Path:
         head = set(m.policy.v_head.parameters())
         groups = [{"params": [p for p in m.policy.parameters() if p.requires_grad and p not in head], "lr": cfg.lr},
                   {"params": list(head), "lr": value_lr}]
-        optimizers = [torch.optim.Adam(groups, eps=cfg.adam_eps)]
+        optimizers = [make_optimizer(torch.optim.Adam, groups, eps=cfg.adam_eps)]
     else:
-        optimizers = [torch.optim.Adam([p for p in m.policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                       eps=cfg.adam_eps),
-                      torch.optim.Adam(m.value.parameters(), lr=value_lr, eps=cfg.adam_eps)]
+        optimizers = [make_optimizer(torch.optim.Adam, [p for p in m.policy.parameters() if p.requires_grad],
+                                     lr=cfg.lr, eps=cfg.adam_eps),
+                      make_optimizer(torch.optim.Adam, m.value.parameters(), lr=value_lr, eps=cfg.adam_eps)]
 
     def lr_lambda(step: int) -> float:
         return 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / total_opt_steps)
@@ -196,7 +203,7 @@ def run(cfg: PPOConfig) -> Path:
     optimizers = list(prepared[-len(optimizers):])
     s = State(m, optimizers, schedulers,
               AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold))
+              else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc))
 
     # 2. resume: models, optimisers, schedulers, KL controller, RNG; the prompt position is the update index
     start = 0
@@ -288,7 +295,7 @@ def run(cfg: PPOConfig) -> Path:
 def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[list[int]], local_batch: int,
                gen_chunk: int, out: Path) -> dict[str, float]:
     """One PPO update. Returns the logged metrics (reduced over processes)."""
-    from rlhf.models.generation import generate, left_pad, response_forward
+    from rlhf.models.generation import generate, left_pad, response_forward, sample_with_logprobs
 
     t0 = time.perf_counter()
     device = acc.device
@@ -303,10 +310,12 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         global_chunk = (acc.process_index * local_batch + c) // gen_chunk
         torch.manual_seed(cfg.seed * 1_000_003 + update * 10_007 + global_chunk)
         p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
-        chunks.append(generate(unwrapped, p_ids.to(device), p_mask.to(device), max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                               stop_at_eos=cfg.stop_at_eos, synced_gpus=_sharded(acc)))
+        kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, stop_at_eos=cfg.stop_at_eos)
+        if s.sampler_logprobs:  # log-probs and entropies from the sampling steps' logits
+            chunks.append(sample_with_logprobs(unwrapped, p_ids.to(device), p_mask.to(device), **kw))
+        else:
+            chunks.append(generate(unwrapped, p_ids.to(device), p_mask.to(device), synced_gpus=_sharded(acc), **kw))
     batch = _concat(chunks, tok.pad_token_id)
     mask = batch.response_mask
     t_gen = time.perf_counter()
@@ -316,7 +325,10 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         scores, member_scores = reward(batch.input_ids, batch.attention_mask)
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(batch.ended, scores, scores + cfg.missing_eos_penalty)
-        old_logp, entropy, old_values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True)
+        if s.sampler_logprobs:
+            old_logp, entropy, old_values = batch.logprobs, batch.entropy, None
+        else:  # one more policy forward over the rollout (it also gives the shared head's values)
+            old_logp, entropy, old_values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True)
         with _reference(ref, unwrapped):
             ref_logp, _, _ = response_forward(ref if ref is not None else unwrapped, batch, cfg.temperature)
         if value is not None:
@@ -454,6 +466,7 @@ class State:
     schedulers: list[Any]
     kl_ctl: Any
     gold_fn: Any
+    sampler_logprobs: bool  # the rollout's log-probs come from the sampling loop (no second policy forward)
 
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
@@ -614,11 +627,15 @@ def _concat(chunks: list[Any], pad_id: int) -> Any:
         fill = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
         return torch.cat([fill, x] if left else [x, fill], dim=1)
 
+    def per_token(name: str) -> torch.Tensor | None:  # sampler log-probs / entropies: 0 at padding
+        xs = [getattr(c, name) for c in chunks]
+        return None if xs[0] is None else torch.cat([pad(x, R, False, 0.0) for x in xs])
+
     return Batch(torch.cat([pad(c.prompt_ids, P, True, pad_id) for c in chunks]),
                  torch.cat([pad(c.prompt_mask, P, True, 0) for c in chunks]),
                  torch.cat([pad(c.response_ids, R, False, pad_id) for c in chunks]),
                  torch.cat([pad(c.response_mask, R, False, False) for c in chunks]),
-                 torch.cat([c.ended for c in chunks]))
+                 torch.cat([c.ended for c in chunks]), per_token("logprobs"), per_token("entropy"))
 
 
 @contextlib.contextmanager
@@ -640,6 +657,22 @@ def _check_distributed(cfg: PPOConfig, acc: Any) -> None:
     if kind == "FSDP" and acc.num_processes > 1:
         raise UserError("PPO rollouts cannot be generated from FSDP-sharded weights here; launch with DeepSpeed "
                         "ZeRO-3 (configs/recipes/accelerate/zero3.yaml) or plain DDP")
+
+
+def _use_sampler_logprobs(cfg: PPOConfig, acc: Any) -> bool:
+    """Resolve `rollout_logprobs`: take the rollout's log-probs from the sampling loop, or recompute them."""
+    if cfg.rollout_logprobs == "recompute":
+        return False
+    cannot = [why for cond, why in (
+        (cfg.shared_value_head, "shared_value_head needs the forward for its values anyway"),
+        (_sharded(acc), "parameters sharded across processes generate in lock step with transformers' generate"),
+        (cfg.generation_backend != "transformers", f"the {cfg.generation_backend} backend's log-probs come from "
+         "another engine"),
+    ) if cond]
+    if cfg.rollout_logprobs == "sampler" and cannot:
+        raise UserError(f"config field 'rollout_logprobs': sampler cannot be used: {cannot[0]}; use auto or recompute")
+    # auto: only where the cached and full forwards agree to float32 rounding
+    return not cannot and (cfg.rollout_logprobs == "sampler" or cfg.dtype == "fp32")
 
 
 def _sharded(acc: Any) -> bool:

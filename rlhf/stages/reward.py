@@ -32,6 +32,7 @@ from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
 from rlhf.stages.common import (
+    make_optimizer,
     progress,
     recover_checkpoint_dir,
     rng_state,
@@ -215,7 +216,7 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     steps_per_epoch = math.ceil(batches_per_epoch / (cfg.grad_accum * acc.num_processes))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_ = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    opt_ = make_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     scorer, opt_ = acc.prepare(scorer, opt_)
 

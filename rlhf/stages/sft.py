@@ -22,6 +22,7 @@ from rlhf.io import MetricsLogger, truncate_metrics
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
+    make_optimizer,
     progress,
     recover_checkpoint_dir,
     rng_state,
@@ -121,7 +122,7 @@ def run(cfg: SFTConfig) -> Path:
     steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * acc.num_processes))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
-    opt_ = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    opt_ = make_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     model, opt_ = acc.prepare(model, opt_)
 

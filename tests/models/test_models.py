@@ -5,7 +5,16 @@ import sys
 import pytest
 import torch
 
-from rlhf.models.generation import Batch, generate, left_pad, response_logprobs, right_pad, truncate_after_eos
+from rlhf.models.generation import (
+    Batch,
+    generate,
+    left_pad,
+    response_forward,
+    response_logprobs,
+    right_pad,
+    sample_with_logprobs,
+    truncate_after_eos,
+)
 from rlhf.models.scalar import last_token_index, per_token_scalars, score_at_last_token
 
 
@@ -88,6 +97,31 @@ def test_generate_respects_eos_and_length(tokenizer, tiny_lm):
             assert not b.ended[row]
 
 
+@pytest.mark.parametrize("kw", [dict(temperature=0.7), dict(temperature=1.3, top_k=20, top_p=0.9, min_new_tokens=3),
+                                dict(temperature=0.7, stop_at_eos=False)])
+@pytest.mark.parametrize("padded", [True, False])
+def test_sampler_draws_generates_tokens_and_gives_full_forward_logprobs(tokenizer, tiny_lm, kw, padded):
+    """The PPO sampler draws exactly the tokens `generate` draws under the same seed (same processors, same order,
+    pad after EOS), and its per-step log-probs and entropies equal a full forward's: PPO's first ratio is 1."""
+    texts = ["the hotel near the station", "a film", "the staff were"] if padded else ["the staff were"] * 3
+    p_ids, p_mask = left_pad([tokenizer(t)["input_ids"] for t in texts], tokenizer.pad_token_id)
+    assert bool((p_mask == 0).any()) is padded
+    common = dict(max_new_tokens=10, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **kw)
+    torch.manual_seed(3)
+    ref = generate(tiny_lm, p_ids, p_mask, **common)
+    torch.manual_seed(3)
+    got = sample_with_logprobs(tiny_lm, p_ids, p_mask, **common)
+    assert torch.equal(got.response_ids, ref.response_ids) and torch.equal(got.response_mask, ref.response_mask)
+    assert torch.equal(got.ended, ref.ended)
+    logp, ent, _ = response_forward(tiny_lm, got, kw["temperature"], with_entropy=True)
+    torch.testing.assert_close(got.logprobs, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.entropy, ent, atol=1e-5, rtol=0)
+    assert (got.logprobs[~got.response_mask] == 0).all() and (got.logprobs[got.response_mask] < 0).all()
+    # the outputs are ordinary tensors (not inference tensors): the training forward can save them for backward
+    assert not got.response_ids.is_inference() and not got.logprobs.is_inference()
+    assert not tiny_lm.training
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_scalar_read_at_last_real_token(tokenizer, side, tmp_path):
     from rlhf.models.loading import default_head_std, load_scalar_model
@@ -117,8 +151,20 @@ def test_value_head_zero_init(tokenizer, tmp_path):
     assert per_token_scalars(vm, ids, torch.ones_like(ids)).abs().max().item() == 0.0
 
 
+def test_make_optimizer_uses_the_fused_kernel_on_cpu(tiny_lm):
+    from rlhf.stages.common import make_optimizer
+
+    opt = make_optimizer(torch.optim.AdamW, tiny_lm.parameters(), lr=1e-3, weight_decay=0.0, eps=1e-8)
+    assert opt.defaults["fused"] is True and opt.defaults["lr"] == 1e-3
+    groups = make_optimizer(torch.optim.Adam, [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 0.1}], eps=1e-5)
+    assert groups.defaults["fused"] is True and groups.param_groups[0]["lr"] == 0.1
+
+
 def test_batch_index():
     b = Batch(torch.ones(3, 2), torch.ones(3, 2), torch.zeros(3, 4), torch.ones(3, 4, dtype=torch.bool),
               torch.tensor([True, False, True]))
     sub = b.index(torch.tensor([0, 2]))
     assert sub.ended.tolist() == [True, True] and sub.input_ids.shape == (2, 6)
+    assert sub.logprobs is None
+    b.logprobs = torch.arange(12.0).view(3, 4)
+    assert b.index(torch.tensor([2])).logprobs.tolist() == [[8.0, 9.0, 10.0, 11.0]]

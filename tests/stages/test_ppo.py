@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhf.errors import UserError
 from rlhf.io import write_jsonl
 from rlhf.stages import ppo, sft
 from tests.conftest import SENTENCES
@@ -52,8 +53,10 @@ def _weights(folder):
     return load_file(Path(folder) / "model.safetensors")
 
 
-def test_ratio_is_one_on_first_minibatch(setup, tmp_path, monkeypatch):
-    """Sampling and training log-probs agree (same temperature, dropout off): the first ratio is 1."""
+@pytest.mark.parametrize("source", ["auto", "recompute"])
+def test_ratio_is_one_on_first_minibatch(setup, tmp_path, monkeypatch, source):
+    """Sampling and training log-probs agree (same temperature, dropout off): the first ratio is 1, whether the
+    rollout's log-probs come from the sampling steps (auto in fp32) or from a second forward (recompute)."""
     seen = []
     real = ppo.ppo_policy_loss
 
@@ -62,13 +65,28 @@ def test_ratio_is_one_on_first_minibatch(setup, tmp_path, monkeypatch):
         return real(logp, old_logp, advantages, mask, clip_range)
 
     monkeypatch.setattr(ppo, "ppo_policy_loss", spy)
-    ppo.run(_cfg(setup, tmp_path / "r", updates=1, temperature=0.6))
+    ppo.run(_cfg(setup, tmp_path / "r", updates=1, temperature=0.6, rollout_logprobs=source))
     logp, old_logp, mask = seen[0]
     diff = (logp - old_logp)[mask].abs().max().item()
     assert diff < 1e-5, diff
     # and the later minibatches have moved (the policy was updated in between)
     later = max((a - b)[m].abs().max().item() for a, b, m in seen[1:])
     assert later > diff
+
+
+def test_sampler_and_recomputed_rollout_logprobs_give_the_same_update(setup, tmp_path):
+    """rollout_logprobs=sampler skips the second policy forward; the samples, metrics and trained weights are those
+    of recompute up to float32 rounding. sampler cannot serve a shared value head (it needs that forward)."""
+    a = ppo.run(_cfg(setup, tmp_path / "a", updates=2, rollout_logprobs="sampler"))
+    b = ppo.run(_cfg(setup, tmp_path / "b", updates=2, rollout_logprobs="recompute"))
+    for ma, mb in zip(_metrics(a), _metrics(b)):
+        for k in ("objective/scores", "objective/kl", "objective/entropy", "response/length_mean", "loss/policy"):
+            assert ma[k] == pytest.approx(mb[k], rel=1e-3, abs=1e-4), k
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3)
+    with pytest.raises(UserError, match="rollout_logprobs.*shared_value_head"):
+        ppo.run(_cfg(setup, tmp_path / "c", rollout_logprobs="sampler", shared_value_head=True))
 
 
 def test_split_into_accumulation_steps_does_not_change_the_update(setup, tmp_path):
