@@ -4,7 +4,7 @@ Per update, on the same models and shapes as benchmarks/ppo_step.py:
   generate  a plain KV-cache sampling loop (softmax(logits / T), multinomial; no HF generate) for R new tokens
   score     reference LM forward, value forward and reward forward on B x (16 + R), without autograd
   train     per minibatch (B / 4 rollouts): policy forward + value forward, a stand-in loss of the same shape
-            (log-probs x advantages, squared value error), backward, one Adam step for each model
+            (log-probs x advantages, squared value error), backward, one (fused) Adam step for each model
 This is what a perfect implementation of the update approaches: everything else an implementation does (log-prob
 bookkeeping, KL, GAE, whitening, clipping, metrics, tokenisation, Python around it) is overhead above it.
 
@@ -110,24 +110,49 @@ def floor_update(models, optims, prompt_ids: torch.Tensor, R: int) -> tuple[floa
     return t1 - t0, t2 - t1, t3 - t2
 
 
-def measure_floor(workload: Path, response_length: int, batch: int = 16, updates: int = 10,
-                  warmup: int = 2) -> dict:
-    """Time `warmup` + `updates` bare updates; the medians etc. over the timed ones (seconds)."""
+def setup(workload: Path) -> tuple:
+    """The models, their optimisers (the fused Adam kernel, as `rlhf ppo` uses: the floor is the fastest optimiser
+    step, not the default one) and the prompt ids."""
     models = load_models(workload)
-    policy, _, _, value = models
-    optims = [torch.optim.Adam(m.parameters(), lr=LR, eps=ADAM_EPS) for m in (policy, value)]
+    optims = [torch.optim.Adam(m.parameters(), lr=LR, eps=ADAM_EPS, fused=True) for m in (models[0], models[3])]
     prompts = torch.tensor(json.loads((workload / "prompt_ids.json").read_text()), dtype=torch.long)
     torch.manual_seed(0)
-    rows = []
-    for u in range(warmup + updates):
-        idx = torch.arange(u * batch, (u + 1) * batch) % prompts.shape[0]
-        rows.append(floor_update(models, optims, prompts[idx], response_length))
-    timed = rows[warmup:]
+    return models, optims, prompts
+
+
+def update_n(state: tuple, u: int, batch: int, response_length: int) -> tuple[float, float, float]:
+    """Bare update number u (prompts u*batch ... as the stage takes them)."""
+    models, optims, prompts = state
+    idx = torch.arange(u * batch, (u + 1) * batch) % prompts.shape[0]
+    return floor_update(models, optims, prompts[idx], response_length)
+
+
+def summarise(timed: list) -> dict:
+    """Medians etc. (seconds) over the timed (generate_s, score_s, train_s) rows."""
     total = [sum(r) for r in timed]
     return {"floor_s": statistics.median(total), "floor_s_min": min(total), "floor_s_max": max(total),
             "floor_generate_s": statistics.median(r[0] for r in timed),
             "floor_score_s": statistics.median(r[1] for r in timed),
-            "floor_train_s": statistics.median(r[2] for r in timed), "floor_updates": updates}
+            "floor_train_s": statistics.median(r[2] for r in timed), "floor_updates": len(timed)}
+
+
+def measure_floor(workload: Path, response_length: int, batch: int = 16, updates: int = 10,
+                  warmup: int = 2) -> dict:
+    """Time `warmup` + `updates` bare updates back to back."""
+    state = setup(workload)
+    rows = [update_n(state, u, batch, response_length) for u in range(warmup + updates)]
+    return summarise(rows[warmup:])
+
+
+def serve(workload: Path, response_length: int, batch: int) -> None:
+    """Interleaved mode for ppo_step.py: load the models, print "ready", then for each line "U" on stdin run bare
+    update U and print its (generate_s, score_s, train_s) as a JSON list; stop at end of input. Floor and stage
+    updates then alternate, one at a time, so that both see the same machine (a 2-core VM drifts by +-25% over
+    the half minute that two back-to-back measurements take)."""
+    state = setup(workload)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(update_n(state, int(line), batch, response_length)), flush=True)
 
 
 def main() -> None:
@@ -142,7 +167,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
     ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
     ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus (for the tests)")
+    ap.add_argument("--serve", action="store_true", help="interleaved mode for ppo_step.py (needs --workload)")
     args = ap.parse_args()
+    if args.serve:
+        torch.set_num_threads(args.threads)
+        return serve(args.workload, args.response_length, args.batch)
     if args.smoke:
         args.updates, args.warmup, args.response_length = 1, 0, args.response_length or 8
     torch.set_num_threads(args.threads)

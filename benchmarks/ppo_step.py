@@ -1,5 +1,6 @@
 """Speed and memory of one PPO update of `rlhf ppo` (the real stage, `rlhf.stages.ppo.run`) on the standard tiny
-workload, against the compute floor measured in the same process (benchmarks/compute_floor.py).
+workload, against the compute floor (benchmarks/compute_floor.py) measured in a child process, one floor update
+before each of ours (the two alternate, so both see the same machine).
 
 Workload (benchmarks/_workload.py): Llama policy (hidden 128, 4 layers, 4 heads, intermediate 256, vocab 4096,
 1,705,088 parameters), a frozen reference copy, reward and value models LlamaForSequenceClassification(num_labels=1)
@@ -23,6 +24,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +38,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _workload import PROMPT_LEN, ensure_workload, get_shape  # noqa: E402
 
 
-def run_ours(workload: Path, out: Path, response_length: int, batch: int, updates: int, warmup: int) -> dict:
-    """Run `rlhf.stages.ppo.run` for warmup + updates updates; per-update seconds of the timed ones."""
+class InterleavedFloor:
+    """benchmarks/compute_floor.py in a child process (its own memory: our peak RSS stays ours) that runs one bare
+    update each time it is asked; `run_ours` asks just before each of its updates, so floor and stage updates
+    alternate and see the same machine."""
+
+    def __init__(self, workload: Path, response_length: int, batch: int, threads: int):
+        cmd = [sys.executable, str(Path(__file__).with_name("compute_floor.py")), "--serve", "--workload",
+               str(workload), "--response_length", str(response_length), "--batch", str(batch),
+               "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.rows: list[list[float]] = []
+        self._expect("ready")
+
+    def _expect(self, what: str) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"compute_floor.py --serve exited (code {self.proc.wait()}) before sending {what}")
+        return line
+
+    def update(self, u: int) -> None:
+        self.proc.stdin.write(f"{u}\n")
+        self.proc.stdin.flush()
+        self.rows.append(json.loads(self._expect(f"update {u}")))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def run_ours(workload: Path, out: Path, response_length: int, batch: int, updates: int, warmup: int,
+             floor: InterleavedFloor | None = None, rollout_logprobs: str = "auto") -> dict:
+    """Run `rlhf.stages.ppo.run` for warmup + updates updates; per-update seconds of the timed ones. With `floor`,
+    one bare floor update runs (in its process) before each of ours."""
     from rlhf.models.loading import load_tokenizer
     from rlhf.stages import ppo
 
@@ -46,7 +79,8 @@ def run_ours(workload: Path, out: Path, response_length: int, batch: int, update
         out=str(out), updates=warmup + updates, rollout_batch_size=batch, num_minibatches=4, ppo_epochs=1,
         max_new_tokens=response_length, stop_at_eos=False, temperature=0.7, top_p=1.0, top_k=0, kl_coef=0.05,
         kl_estimator="k1", gamma=1.0, lam=0.95, vf_coef=0.1, cliprange=0.2, cliprange_value=0.2, max_grad_norm=0.0,
-        tensorboard=False, log_samples_every=0, save_every=0, device="cpu", dtype="fp32", seed=0)
+        tensorboard=False, log_samples_every=0, save_every=0, device="cpu", dtype="fp32", seed=0,
+        rollout_logprobs=rollout_logprobs)
     cfg.validate()
     # the prompts JSONL must give the stage exactly the 16 ids of prompt_ids.json (no BOS, no re-merging)
     ids = ppo.encode_prompts(cfg, load_tokenizer(cfg.policy, padding_side="left"), None)
@@ -57,6 +91,8 @@ def run_ours(workload: Path, out: Path, response_length: int, batch: int, update
     inner, wall = ppo.ppo_update, []
 
     def timed_update(*a, **kw):
+        if floor is not None:
+            floor.update(len(wall))
         t = time.perf_counter()
         stats = inner(*a, **kw)
         wall.append(time.perf_counter() - t)
@@ -75,7 +111,7 @@ def run_ours(workload: Path, out: Path, response_length: int, batch: int, update
 
 
 def main() -> None:
-    from compute_floor import measure_floor
+    from compute_floor import summarise
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", action="store_true", help="the compute-bound shape (hidden 512, 8 layers, response 64)")
@@ -86,6 +122,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
     ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
     ap.add_argument("--no_floor", action="store_true", help="skip the compute-floor measurement")
+    ap.add_argument("--rollout_logprobs", default="auto", choices=["auto", "sampler", "recompute"],
+                    help="the stage option (auto = sampler here: fp32, separate value model)")
     ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus (for the tests)")
     args = ap.parse_args()
     if args.smoke:
@@ -99,9 +137,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ppo-bench-") as tmp:
         workload = args.workload or Path(tmp) / "workload"
         ensure_workload(workload, shape, args.smoke)
-        ours = run_ours(workload, Path(tmp) / "run", R, args.batch, args.updates, args.warmup)
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the floor loads its models
-        floor = None if args.no_floor else measure_floor(workload, R, args.batch, args.updates, args.warmup)
+        server = None if args.no_floor else InterleavedFloor(workload, R, args.batch, args.threads)
+        try:
+            ours = run_ours(workload, Path(tmp) / "run", R, args.batch, args.updates, args.warmup, server,
+                            args.rollout_logprobs)
+        finally:
+            if server is not None:
+                server.close()
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process only
+        floor = None if server is None else summarise(server.rows[args.warmup:])
 
     med = {k: statistics.median(v) for k, v in ours.items()}
     s = ours["update_s"]
@@ -117,8 +161,12 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb,
         "floor_s": floor["floor_s"] if floor else None,
         "floor_ratio": med["update_s"] / floor["floor_s"] if floor else None,
+        # the same per pair of neighbouring updates (floor, then ours), the least drift-prone figure
+        "floor_ratio_paired": statistics.median(o / sum(f) for o, f in zip(s, server.rows[args.warmup:]))
+        if floor else None,
         **({k: v for k, v in floor.items() if k != "floor_s"} if floor else {}),
         "updates": args.updates, "warmup": args.warmup, "batch": args.batch, "response_length": R,
+        "rollout_logprobs": args.rollout_logprobs,
         "threads": torch.get_num_threads(), "torch_version": torch.__version__, "shape": shape.name,
         "loadavg_1m": os.getloadavg()[0],  # other work on the machine slows a 2-thread run a lot: check this
     }

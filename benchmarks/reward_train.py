@@ -5,9 +5,9 @@ Workload: byte-level BPE tokenizer (256-byte alphabet, no prefix space) trained 
 unused added tokens, as in benchmarks/_workload.py) with <pad>=0 and <eos>=1 (no BOS/UNK);
 LlamaForSequenceClassification(num_labels=1) from config with torch.manual_seed(0): hidden 128, 4 layers, 4 heads
 (4 KV), intermediate 256, 128 positions, fp32, SDPA (1,180,928 parameters); 512 pairs, each side 48 ids (16-id
-prompt + 31 response ids + <eos>); 16 pairs per step (one 32 x 48 forward), 1 epoch = 32 AdamW steps with gradient
-clipping at 1.0 (the stage default); 2 torch threads. Each repeat starts from the same seed-0 model; one untimed
-warm-up step runs first.
+prompt + 31 response ids + <eos>); 16 pairs per step (one 32 x 48 forward), 1 epoch = 32 AdamW steps (the
+stage's fused AdamW) with gradient clipping at 1.0 (the stage default); 2 torch threads. Each repeat starts from
+the same seed-0 model; one untimed warm-up step runs first.
 
     .venv/bin/python benchmarks/reward_train.py [--smoke] [--repeats 3] [--threads 2]
 
@@ -29,6 +29,7 @@ from _workload import build_tokenizer  # the same 4,096-id tokenizer as the PPO 
 
 from rlhf.data.demo import corpus_sentences
 from rlhf.models.reward import LastTokenScorer
+from rlhf.stages.common import make_optimizer
 from rlhf.stages.reward import Pair, SequenceTable, collate_pairs, group_batches, preference_loss
 
 VOCAB, PAD, EOS = 4096, 0, 1
@@ -74,7 +75,7 @@ def build_pairs(tok, sentences: list[str], n_pairs: int) -> tuple[SequenceTable,
 def train_epoch(table: SequenceTable, pairs: list[Pair], batch_size: int, max_steps: int) -> list[float]:
     """One epoch (or max_steps) from a fresh seed-0 model; returns seconds per optimiser step."""
     scorer = LastTokenScorer(build_model()).train()
-    opt = torch.optim.AdamW(scorer.parameters(), lr=1e-4)
+    opt = make_optimizer(torch.optim.AdamW, scorer.parameters(), lr=1e-4)  # the stage's (fused) AdamW
     times = []
     for batch in group_batches(pairs, batch_size, seed=0)[:max_steps]:
         t = time.perf_counter()
