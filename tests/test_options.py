@@ -190,10 +190,11 @@ def test_vllm_backend_is_refused_with_the_reason(setup, tmp_path):
     assert not (tmp_path / "v" / "metrics.jsonl").exists()  # refused before any work
 
 
-def test_vllm_backend_without_an_implementation_is_refused_even_where_it_could_run(monkeypatch):
+def test_vllm_backend_where_it_could_run_is_refused_only_for_several_processes(monkeypatch):
     monkeypatch.setattr(precision, "vllm_unavailable", lambda: None)
-    with pytest.raises(UserError, match="no vLLM backend with weight sync yet"):
-        precision.check_generation_backend("vllm")
+    precision.check_generation_backend("vllm")  # one process with a GPU and vllm: accepted
+    with pytest.raises(UserError, match="single process.*2 were launched"):
+        precision.check_generation_backend("vllm", processes=2)
     with pytest.raises(UserError, match="unknown 'fast'"):
         precision.check_generation_backend("fast")
     precision.check_generation_backend("transformers")  # the default always works

@@ -108,8 +108,7 @@ def prepare_quantized(model: Any, load_in: str, gradient_checkpointing: bool) ->
 
 
 def vllm_unavailable() -> str | None:
-    """Why the vLLM generation backend cannot run here, or None (it then still needs the backend itself, which
-    this version does not ship: see `check_generation_backend`)."""
+    """Why the vLLM generation backend (rlhf/models/vllm_backend.py) cannot run here, or None."""
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible (vLLM runs on GPUs only)"
     if importlib.util.find_spec("vllm") is None:
@@ -117,15 +116,19 @@ def vllm_unavailable() -> str | None:
     return None
 
 
-def check_generation_backend(backend: str) -> None:
+def check_generation_backend(backend: str, processes: int = 1) -> None:
+    """Refuse a generation backend that cannot run here, before anything loads."""
     if backend == "transformers":
         return
     if backend != "vllm":
         raise UserError(f"config field 'generation_backend': unknown '{backend}'; use transformers or vllm")
-    reason = vllm_unavailable() or ("this version of rlhf has no vLLM backend with weight sync yet (it is planned "
-                                    "behind the same interface)")
-    raise UserError(f"config field 'generation_backend': vllm cannot be used: {reason}; use "
-                    "--generation_backend transformers (the default)")
+    reason = vllm_unavailable()
+    if reason is None and processes > 1:
+        reason = (f"the vLLM backend runs colocated in a single process ({processes} were launched; "
+                  "multi-GPU rollouts would need vLLM's external_launcher mode)")
+    if reason:
+        raise UserError(f"config field 'generation_backend': vllm cannot be used: {reason}; use "
+                        "--generation_backend transformers (the default)")
 
 
 def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:

@@ -114,7 +114,10 @@ class PPOConfig:
                                 "recompute (one more forward after sampling), or auto (sampler in fp32 with a "
                                 "separate value model, recompute otherwise: bf16/fp16 KV-cache logits drift)")
     generation_backend: str = opt("transformers", "rollout generation: transformers (default, everywhere) or vllm "
-                                  "(GPU only; refused with the reason where it cannot run)")
+                                  "(one GPU, colocated, weights synced before each rollout; refused with the reason "
+                                  "where it cannot run; docs/ppo.md)")
+    vllm_gpu_memory_utilization: float = opt(0.3, "share of the GPU's memory the vLLM engine may claim (weights + "
+                                             "KV cache); keep it below 1 - the trainer's peak share")
     device: str = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if present")
 
@@ -143,6 +146,10 @@ class PPOConfig:
         check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
         check(self.rollout_logprobs in ("auto", "sampler", "recompute"), "rollout_logprobs",
               f"unknown '{self.rollout_logprobs}'", "use auto, sampler or recompute")
+        check(not (self.generation_backend == "vllm" and self.load_in), "generation_backend",
+              "vllm cannot sync a 4/8-bit policy", "use --generation_backend transformers with load_in")
+        check(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization",
+              f"{self.vllm_gpu_memory_utilization} outside (0, 1)", "use e.g. 0.3")
         check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
         check(not self.load_in or self.shared_value_head, "load_in", "a separate value model cannot be trained in "
               "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
@@ -165,6 +172,7 @@ def run(cfg: PPOConfig) -> Path:
     check_generation_backend(cfg.generation_backend)
     acc = make_training_accelerator(cfg.device, mixed)
     world = acc.num_processes
+    check_generation_backend(cfg.generation_backend, world)
     _check_distributed(cfg, acc)
     if cfg.rollout_batch_size % (cfg.num_minibatches * world):
         raise UserError(f"config field 'rollout_batch_size': {cfg.rollout_batch_size} is not divisible by "
@@ -181,6 +189,13 @@ def run(cfg: PPOConfig) -> Path:
     # 1. models: policy (trained), reference (frozen), reward (frozen), value (trained; or a head on the policy)
     m = load_models(cfg, acc.device)
     prompts = encode_prompts(cfg, m.tokenizer, m.context)
+    vllm = None
+    if cfg.generation_backend == "vllm":  # after the Accelerator: vLLM joins its process group as a world of 1
+        from rlhf.models.vllm_backend import VLLMSampler
+
+        vllm = VLLMSampler(cfg.policy, dtype=cfg.dtype, seed=cfg.seed, device=acc.device,
+                           max_model_len=max(len(p) for p in prompts) + cfg.max_new_tokens,
+                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     total_opt_steps = cfg.updates * cfg.ppo_epochs * cfg.num_minibatches
     value_lr = cfg.value_lr or cfg.lr
     if m.value is None:  # shared backbone: one optimiser, the value head at the value learning rate
@@ -203,7 +218,7 @@ def run(cfg: PPOConfig) -> Path:
     optimizers = list(prepared[-len(optimizers):])
     s = State(m, optimizers, schedulers,
               AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc))
+              else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc), vllm)
 
     # 2. resume: models, optimisers, schedulers, KL controller, RNG; the prompt position is the update index
     start = 0
@@ -306,7 +321,13 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     idx = prompt_indices(update, cfg.rollout_batch_size, len(prompts), cfg.seed)
     idx = idx[acc.process_index * local_batch:(acc.process_index + 1) * local_batch]
     chunks = []
-    for c in range(0, local_batch, gen_chunk):
+    if s.vllm is not None:  # the policy's current weights into the engine, then the whole batch in one call
+        s.vllm.sync_weights(unwrapped)
+        chunks.append(s.vllm.sample(
+            [prompts[i] for i in idx], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+            top_p=cfg.top_p, top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            stop_at_eos=cfg.stop_at_eos, seed=cfg.seed * 1_000_003 + update * 10_007, device=device))
+    for c in range(0, local_batch if s.vllm is None else 0, gen_chunk):
         global_chunk = (acc.process_index * local_batch + c) // gen_chunk
         torch.manual_seed(cfg.seed * 1_000_003 + update * 10_007 + global_chunk)
         p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
@@ -467,6 +488,7 @@ class State:
     kl_ctl: Any
     gold_fn: Any
     sampler_logprobs: bool  # the rollout's log-probs come from the sampling loop (no second policy forward)
+    vllm: Any = None  # a VLLMSampler with generation_backend vllm
 
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:

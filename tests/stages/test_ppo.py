@@ -324,3 +324,21 @@ def test_sigterm_saves_a_checkpoint_then_resume_finishes(setup, tmp_path):
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [r["step"] for r in _metrics(out)] == list(range(1, saved + 3))
+
+
+def _vllm_unavailable():
+    from rlhf.models.precision import vllm_unavailable
+
+    return vllm_unavailable()
+
+
+@pytest.mark.skipif(_vllm_unavailable() is not None, reason=f"vLLM backend cannot run here: {_vllm_unavailable()}")
+def test_vllm_rollouts_on_a_gpu(setup, tmp_path):
+    """Two updates with rollouts from the colocated vLLM engine: the log-probs are recomputed by the policy (first
+    ratio 1), and the engine samples from the updated weights (the second update's samples follow the policy)."""
+    out = ppo.run(_cfg(setup, tmp_path / "v", updates=2, device="cuda", dtype="bf16", generation_backend="vllm",
+                       vllm_gpu_memory_utilization=0.2))
+    rows = _metrics(out)
+    assert len(rows) == 2
+    assert all(abs(r["policy/ratio_mean"] - 1) < 0.05 for r in rows)
+    assert all(0 < r["response/length_mean"] <= 12 for r in rows)
