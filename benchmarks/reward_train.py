@@ -5,9 +5,10 @@ Workload: byte-level BPE tokenizer (256-byte alphabet, no prefix space) trained 
 unused added tokens, as in benchmarks/_workload.py) with <pad>=0 and <eos>=1 (no BOS/UNK);
 LlamaForSequenceClassification(num_labels=1) from config with torch.manual_seed(0): hidden 128, 4 layers, 4 heads
 (4 KV), intermediate 256, 128 positions, fp32, SDPA (1,180,928 parameters); 512 pairs, each side 48 ids (16-id
-prompt + 31 response ids + <eos>); 16 pairs per step (one 32 x 48 forward), 1 epoch = 32 AdamW steps (the
-stage's fused AdamW) with gradient clipping at 1.0 (the stage default); 2 torch threads. Each repeat starts from
-the same seed-0 model; one untimed warm-up step runs first.
+prompt + 31 response ids + <eos>); 16 pairs per step (one 32 x 48 forward; with the stage's default
+shared_prefix, a 16 x 16 forward of the pairs' prompts into a KV cache, then 32 x 32 over the responses),
+1 epoch = 32 AdamW steps (the stage's fused AdamW) with gradient clipping at 1.0 (the stage default); 2 torch
+threads. Each repeat starts from the same seed-0 model; one untimed warm-up step runs first.
 
     .venv/bin/python benchmarks/reward_train.py [--smoke] [--repeats 3] [--threads 2]
 
@@ -29,6 +30,7 @@ from _workload import build_tokenizer  # the same 4,096-id tokenizer as the PPO 
 
 from rlhf.data.demo import corpus_sentences
 from rlhf.models.reward import LastTokenScorer
+from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages.common import make_optimizer
 from rlhf.stages.reward import Pair, SequenceTable, collate_pairs, group_batches, preference_loss
 
@@ -72,15 +74,18 @@ def build_pairs(tok, sentences: list[str], n_pairs: int) -> tuple[SequenceTable,
     return table, pairs
 
 
-def train_epoch(table: SequenceTable, pairs: list[Pair], batch_size: int, max_steps: int) -> list[float]:
-    """One epoch (or max_steps) from a fresh seed-0 model; returns seconds per optimiser step."""
+def train_epoch(table: SequenceTable, pairs: list[Pair], batch_size: int, max_steps: int,
+                shared_prefix: bool = True) -> list[float]:
+    """One epoch (or max_steps) from a fresh seed-0 model, as the stage trains (`shared_prefix` as its option of
+    that name: the 16-id prompt of a pair runs once); returns seconds per optimiser step."""
     scorer = LastTokenScorer(build_model()).train()
     opt = make_optimizer(torch.optim.AdamW, scorer.parameters(), lr=1e-4)  # the stage's (fused) AdamW
     times = []
     for batch in group_batches(pairs, batch_size, seed=0)[:max_steps]:
         t = time.perf_counter()
         b = collate_pairs(batch, table, PAD)
-        rewards = scorer(b["input_ids"], b["attention_mask"])
+        layout = shared_prefix_layout(b["input_ids"], b["attention_mask"], b["group"]) if shared_prefix else None
+        rewards = scorer(b["input_ids"], b["attention_mask"], layout)
         assert rewards.shape == (2 * len(batch),)
         loss, _ = preference_loss(rewards, b)
         loss.backward()
@@ -96,6 +101,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a minimal run (few sentences and steps) for the tests")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
+    ap.add_argument("--no_shared_prefix", action="store_true", help="the stage with shared_prefix false: every "
+                    "sequence runs whole, one 32 x 48 forward per step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_sentences, n_pairs, repeats = (2000, 64, 1) if args.smoke else (20000, 512, args.repeats)
@@ -106,11 +113,12 @@ def main() -> None:
     tok = build_tokenizer(sentences)
     table, pairs = build_pairs(tok, sentences, n_pairs)
     setup_s = time.perf_counter() - t
-    train_epoch(table, pairs[:batch_size], batch_size, 1)  # warm-up: first-call overheads stay out of the timings
+    # warm-up: first-call overheads stay out of the timings
+    train_epoch(table, pairs[:batch_size], batch_size, 1, not args.no_shared_prefix)
 
     step_s, pairs_per_s = [], []
     for r in range(repeats):
-        times = train_epoch(table, pairs, batch_size, max_steps)
+        times = train_epoch(table, pairs, batch_size, max_steps, not args.no_shared_prefix)
         step_s += times
         pairs_per_s.append(len(times) * batch_size / sum(times))
         print(f"repeat {r + 1}: {len(times)} steps, {sum(times):.2f} s, {pairs_per_s[-1]:.1f} pairs/s")
@@ -119,7 +127,8 @@ def main() -> None:
           f"pairs/s median {statistics.median(pairs_per_s):.1f} min {min(pairs_per_s):.1f} "
           f"max {max(pairs_per_s):.1f}; peak RSS {peak_rss_mb:.0f} MB")
     print(json.dumps({
-        "benchmark": "reward_train", "smoke": args.smoke, "pairs": len(pairs), "batch_pairs": batch_size,
+        "benchmark": "reward_train", "smoke": args.smoke, "shared_prefix": not args.no_shared_prefix,
+        "pairs": len(pairs), "batch_pairs": batch_size,
         "steps_per_repeat": len(step_s) // repeats, "repeats": repeats, "threads": torch.get_num_threads(),
         "params": N_PARAMS, "vocab": tok.get_vocab_size(), "seq_len": 48,
         "pairs_per_s": statistics.median(pairs_per_s), "pairs_per_s_min": min(pairs_per_s),

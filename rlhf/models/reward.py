@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response, is_messages
-from rlhf.models.scalar import score_at_last_token
+from rlhf.models.scalar import score_at_last_token, score_with_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,11 @@ class LastTokenScorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                layout: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """layout: a `shared_prefix_layout` of these rows: each group's common prefix is then computed once."""
+        if layout is not None:
+            return score_with_shared_prefix(self.model, layout)
         return score_at_last_token(self.model, input_ids, attention_mask)
 
 

@@ -55,3 +55,75 @@ class PerTokenScalar(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return per_token_scalars(self.model, input_ids, attention_mask)
+
+
+def shared_prefix_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: torch.Tensor,
+                         min_saving: float = 0.1) -> dict[str, torch.Tensor] | None:
+    """Split right-padded rows (U, T) into each group's common prefix (computed once) and the rows' suffixes.
+
+    groups: (U,) group index per row (the responses of one prompt). The prefix of a group is the longest common
+    prefix of its rows' real tokens, leaving every row at least one token of its own. Returns None when that saves
+    less than `min_saving` of the padded tokens, or some group shares no token (then the plain forward is used).
+    Layout: prefix_ids/prefix_mask (G, P) left-padded, suffix_ids/suffix_mask (U, S) right-padded, row_group (U,)."""
+    lengths = attention_mask.sum(1).tolist()
+    rows = input_ids.tolist()
+    uniq, row_group = torch.unique(groups, return_inverse=True)
+    prefix_len = []
+    members_of: dict[int, list[int]] = {}
+    for i, g in enumerate(row_group.tolist()):
+        members_of.setdefault(g, []).append(i)
+    for g in range(len(uniq)):
+        members = [rows[i][: lengths[i]] for i in members_of[g]]
+        n = min(len(m) for m in members) - 1  # every row keeps at least its last token
+        k = 0
+        while k < n and all(m[k] == members[0][k] for m in members):
+            k += 1
+        prefix_len.append(k)
+    if min(prefix_len) == 0:
+        return None
+    U, G = len(rows), len(prefix_len)
+    P = max(prefix_len)
+    rg = row_group.tolist()
+    suffix_len = [lengths[i] - prefix_len[rg[i]] for i in range(U)]
+    S = max(suffix_len)
+    shared_cost, full_cost = G * P + U * S, U * input_ids.shape[1]  # padded token positions
+    if shared_cost > (1 - min_saving) * full_cost:
+        return None
+    prefix_ids = torch.zeros((G, P), dtype=input_ids.dtype)
+    prefix_mask = torch.zeros((G, P), dtype=attention_mask.dtype)
+    first = [rg.index(g) for g in range(G)]
+    for g, (k, i) in enumerate(zip(prefix_len, first)):
+        prefix_ids[g, P - k:] = torch.tensor(rows[i][:k])
+        prefix_mask[g, P - k:] = 1
+    suffix_ids = torch.zeros((U, S), dtype=input_ids.dtype)
+    suffix_mask = torch.zeros((U, S), dtype=attention_mask.dtype)
+    for i in range(U):
+        k = prefix_len[rg[i]]
+        suffix_ids[i, : suffix_len[i]] = torch.tensor(rows[i][k: lengths[i]])
+        suffix_mask[i, : suffix_len[i]] = 1
+    device = input_ids.device
+    return {"prefix_ids": prefix_ids.to(device), "prefix_mask": prefix_mask.to(device),
+            "suffix_ids": suffix_ids.to(device), "suffix_mask": suffix_mask.to(device),
+            "row_group": row_group.to(device), "prefix_len": torch.tensor(prefix_len, device=device)}
+
+
+def score_with_shared_prefix(model: PreTrainedModel, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(U,) scores at each row's last real token, equal to `score_at_last_token` on the full rows (to float
+    rounding, gradients included): one forward over the groups' prefixes fills a KV cache, which is gathered to one
+    copy per row (a differentiable index), then one forward over the suffixes attends to it."""
+    from transformers import DynamicCache
+
+    body = backbone(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    cache = DynamicCache(config=config)
+    p_mask = layout["prefix_mask"]
+    body(input_ids=layout["prefix_ids"], attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+         cache=cache, use_cache=True)
+    rg = layout["row_group"]
+    cache.batch_select_indices(rg)
+    s_mask = layout["suffix_mask"]
+    positions = layout["prefix_len"][rg][:, None] + torch.arange(s_mask.shape[1], device=s_mask.device)[None]
+    hidden = body(input_ids=layout["suffix_ids"], attention_mask=torch.cat([p_mask[rg], s_mask], dim=1),
+                  position_ids=positions, cache=cache, use_cache=True).last_hidden_state
+    last = hidden[torch.arange(len(rg), device=rg.device), s_mask.sum(1) - 1]
+    return scalar_head(model)(last).squeeze(-1).float()

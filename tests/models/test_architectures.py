@@ -16,7 +16,12 @@ from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.families import FAMILIES, family_model, family_tokenizer, save_family
 from rlhf.models.generation import Batch, left_pad, response_forward, right_pad
 from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
-from rlhf.models.scalar import per_token_scalars, score_at_last_token
+from rlhf.models.scalar import (
+    per_token_scalars,
+    score_at_last_token,
+    score_with_shared_prefix,
+    shared_prefix_layout,
+)
 from rlhf.models.value import PolicyWithValueHead
 from rlhf.stages import ppo, reward, sample, sft
 from tests.models.families_helpers import write_data
@@ -121,6 +126,33 @@ def test_reward_is_read_at_the_last_real_token(name, bases):
         if tok.pad_token_id == tok.eos_token_id:
             stock = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, 0]
             assert abs(float(stock[0] - got[0])) > 1e-4  # it skipped the EOS, taking it for padding
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shared_prefix_scores_and_gradients_equal_the_plain_forward(name, bases):
+    """Reward training's shared_prefix path (each prompt once into a KV cache, gathered per response; prompts of
+    different lengths left-padded; absolute or rotary positions) gives the plain forward's scores and gradients."""
+    tok = load_tokenizer(bases[name])
+    model = load_scalar_model(bases[name], init_head_std=0.5, pad_token_id=tok.pad_token_id).eval()
+    p1, p2 = _enc(tok, "the hotel near the station was"), _enc(tok, "a boring book")
+    rows = [p1 + _enc(tok, " great fun"), p1 + _enc(tok, " awful and loud, never again"), p1 + _enc(tok, " fine"),
+            p2 + _enc(tok, " with a weak plot"), p2 + _enc(tok, " i liked")]
+    ids, mask = right_pad(rows, tok.pad_token_id)
+    mask = mask.long()
+    layout = shared_prefix_layout(ids, mask, torch.tensor([0, 0, 0, 1, 1]), min_saving=0.0)
+    lcp = layout["prefix_len"].tolist()
+    assert lcp[0] >= len(p1) and lcp[1] >= len(p2)  # each group's prompt (and any shared start) runs once
+    grads = []
+    for fn in (lambda: score_at_last_token(model, ids, mask), lambda: score_with_shared_prefix(model, layout)):
+        model.zero_grad()
+        scores = fn()
+        (scores * torch.arange(1.0, 6.0)).sum().backward()
+        grads.append((scores.detach(), {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}))
+    (plain, g_plain), (shared, g_shared) = grads
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    assert g_plain.keys() == g_shared.keys()
+    for n in g_plain:
+        torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -17,6 +17,7 @@ from rlhf.errors import UserError
 from rlhf.io import write_jsonl
 from rlhf.models.loading import load_scalar_model
 from rlhf.models.reward import LastTokenScorer, encode_prompt, encode_response, load_reward_model
+from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages import reward
 from tests.stages.reward_data import pair_rows, ranking_rows, sample_rows, save_base_model
 
@@ -195,6 +196,47 @@ def test_kwise_batch_equals_explicit_pairs_and_forwards_each_response_once(base,
         assert abs(loss.item() - naive.item()) < 1e-6
         for n, p in model.named_parameters():
             assert torch.allclose(grads[n], p.grad, atol=1e-6, rtol=1e-4), n
+
+
+def test_shared_prefix_forward_gives_the_same_loss_and_gradients(base, tokenizer):
+    """shared_prefix: the prompt of a ranking runs once into a KV cache that each response reuses; the loss and
+    every gradient equal the plain forward's, for k-wise rankings and plain pairs of different prompt lengths."""
+    table = reward.SequenceTable(tokenizer, 128)
+    rows = ranking_rows(2, k=3, seed=1) + pair_rows(3, seed=2)
+    pairs = [reward.parse_row(r, f"x:{i}", table, "skip") for i, r in enumerate(rows)]
+    model = load_scalar_model(base, init_head_std=0.3).eval()
+    scorer = LastTokenScorer(model)
+    [batch] = reward.group_batches(pairs, batch_size=len(pairs))
+    b = reward.collate_pairs(batch, table, tokenizer.pad_token_id)
+    layout = shared_prefix_layout(b["input_ids"], b["attention_mask"], b["group"], min_saving=0.0)
+    assert layout is not None and len(set(layout["prefix_len"].tolist())) > 1  # prefixes of different lengths
+    results = []
+    for lay in (None, layout):
+        model.zero_grad()
+        loss, _ = reward.preference_loss(scorer(b["input_ids"], b["attention_mask"], lay), b)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, g_plain), (shared, g_shared) = results
+    assert abs(plain - shared) < 1e-6
+    for n in g_plain:
+        torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-6, rtol=1e-4)
+    # no shared token, or too little saved: the plain forward is used
+    no_share = torch.tensor([[5, 6, 7], [8, 6, 7]])
+    assert shared_prefix_layout(no_share, torch.ones_like(no_share), torch.tensor([0, 0])) is None
+    short = torch.tensor([[5, 6, 7, 9, 4, 3], [5, 8, 7, 9, 4, 3]])  # 1 + 2 x 5 of 12 positions: 8% saved
+    assert shared_prefix_layout(short, torch.ones_like(short), torch.tensor([0, 0])) is None
+
+
+def test_shared_prefix_option_trains_the_same_model(base, tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", ranking_rows(12, k=3, seed=3))
+    kw = dict(max_steps=4, eval_every=100, batch_size=6, lr=1e-3)
+    a = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "a", shared_prefix=True, **kw))
+    b = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", shared_prefix=False, **kw))
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
 
 
 def test_training_batches_keep_rankings_whole(tokenizer):
