@@ -152,7 +152,7 @@ def test_shared_prefix_scores_and_gradients_equal_the_plain_forward(name, bases)
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     assert g_plain.keys() == g_shared.keys()
     for n in g_plain:
-        torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-4, rtol=1e-3)  # float32 summation order
 
 
 @pytest.mark.parametrize("name", NAMES)
