@@ -39,11 +39,11 @@ PROMPT_IDS, RESPONSE_IDS = 16, 31
 N_PARAMS = 1_180_928
 
 
-def build_model():
+def build_model(max_positions: int = 128):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=256, max_position_embeddings=128, rms_norm_eps=1e-6,
+                         num_key_value_heads=4, intermediate_size=256, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
                          num_labels=1, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
     config._attn_implementation = "sdpa"
@@ -54,11 +54,12 @@ def build_model():
     return model
 
 
-def build_pairs(tok, sentences: list[str], n_pairs: int) -> tuple[SequenceTable, list[Pair]]:
+def build_pairs(tok, sentences: list[str], n_pairs: int, prompt_ids: int = PROMPT_IDS,
+                response_ids: int = RESPONSE_IDS) -> tuple[SequenceTable, list[Pair]]:
     """Pairs of exact lengths cut from the tokenised sentence stream: prompt 16 ids, each response 31 ids + EOS."""
     stream = [i for s in sentences for i in tok.encode(" " + s).ids]
     rng = random.Random(0)
-    table = SequenceTable(tokenizer=None, max_length=128)
+    table = SequenceTable(tokenizer=None, max_length=max(128, prompt_ids + response_ids + 1))
     pairs = []
 
     def window(n: int) -> list[int]:
@@ -66,11 +67,11 @@ def build_pairs(tok, sentences: list[str], n_pairs: int) -> tuple[SequenceTable,
         return stream[start: start + n]
 
     for k in range(n_pairs):
-        prompt = window(PROMPT_IDS)
-        chosen, rejected = prompt + window(RESPONSE_IDS) + [EOS], prompt + window(RESPONSE_IDS) + [EOS]
+        prompt = window(prompt_ids)
+        chosen, rejected = prompt + window(response_ids) + [EOS], prompt + window(response_ids) + [EOS]
         pairs.append(Pair(table.add_ids(chosen), table.add_ids(rejected), margin=None, agreement=None, tie=False,
                           group=f"p{k}", split=None, where=f"pair {k}"))
-    assert all(len(s) == 48 for s in table.seqs)
+    assert all(len(s) == prompt_ids + response_ids + 1 for s in table.seqs)
     return table, pairs
 
 
@@ -78,7 +79,7 @@ def train_epoch(table: SequenceTable, pairs: list[Pair], batch_size: int, max_st
                 shared_prefix: bool = True) -> list[float]:
     """One epoch (or max_steps) from a fresh seed-0 model, as the stage trains (`shared_prefix` as its option of
     that name: the 16-id prompt of a pair runs once); returns seconds per optimiser step."""
-    scorer = LastTokenScorer(build_model()).train()
+    scorer = LastTokenScorer(build_model(max(128, len(table.seqs[0])))).train()
     opt = make_optimizer(torch.optim.AdamW, scorer.parameters(), lr=1e-4)  # the stage's (fused) AdamW
     times = []
     for batch in group_batches(pairs, batch_size, seed=0)[:max_steps]:
@@ -101,6 +102,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a minimal run (few sentences and steps) for the tests")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
+    ap.add_argument("--prompt_len", type=int, default=PROMPT_IDS, help="prompt ids per pair (not the standard "
+                    "workload unless 16)")
+    ap.add_argument("--response_len", type=int, default=RESPONSE_IDS + 1, help="response ids incl. EOS (standard 32)")
     ap.add_argument("--no_shared_prefix", action="store_true", help="the stage with shared_prefix false: every "
                     "sequence runs whole, one 32 x 48 forward per step")
     args = ap.parse_args()
@@ -111,7 +115,7 @@ def main() -> None:
     t = time.perf_counter()
     sentences = corpus_sentences(n_sentences, seed=0)
     tok = build_tokenizer(sentences)
-    table, pairs = build_pairs(tok, sentences, n_pairs)
+    table, pairs = build_pairs(tok, sentences, n_pairs, args.prompt_len, args.response_len - 1)
     setup_s = time.perf_counter() - t
     # warm-up: first-call overheads stay out of the timings
     train_epoch(table, pairs[:batch_size], batch_size, 1, not args.no_shared_prefix)
@@ -130,7 +134,7 @@ def main() -> None:
         "benchmark": "reward_train", "smoke": args.smoke, "shared_prefix": not args.no_shared_prefix,
         "pairs": len(pairs), "batch_pairs": batch_size,
         "steps_per_repeat": len(step_s) // repeats, "repeats": repeats, "threads": torch.get_num_threads(),
-        "params": N_PARAMS, "vocab": tok.get_vocab_size(), "seq_len": 48,
+        "params": N_PARAMS, "vocab": tok.get_vocab_size(), "seq_len": args.prompt_len + args.response_len,
         "pairs_per_s": statistics.median(pairs_per_s), "pairs_per_s_min": min(pairs_per_s),
         "pairs_per_s_max": max(pairs_per_s), "s_per_step_median": statistics.median(step_s),
         "s_per_step_min": min(step_s), "s_per_step_max": max(step_s), "peak_rss_mb": peak_rss_mb,

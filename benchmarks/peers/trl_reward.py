@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,7 +37,8 @@ from _workload import EOS, PROMPT_LEN, build_scalar, build_tokenizer, get_shape 
 RESPONSE_IDS, BATCH_PAIRS = 31, 16
 
 
-def build_pairs(tok, sentences: list[str], n_pairs: int) -> list[dict]:
+def build_pairs(tok, sentences: list[str], n_pairs: int, prompt_len: int = PROMPT_LEN,
+                response_ids: int = RESPONSE_IDS) -> list[dict]:
     """As benchmarks/reward_train.py: windows of the id stream of " " + sentence, with random.Random(0)."""
     stream = [i for s in sentences for i in tok.encode(" " + s).ids]
     rng = random.Random(0)
@@ -47,14 +49,16 @@ def build_pairs(tok, sentences: list[str], n_pairs: int) -> list[dict]:
 
     pairs = []
     for _ in range(n_pairs):
-        prompt = window(PROMPT_LEN)
-        chosen, rejected = prompt + window(RESPONSE_IDS) + [EOS], prompt + window(RESPONSE_IDS) + [EOS]
+        prompt = window(prompt_len)
+        chosen, rejected = prompt + window(response_ids) + [EOS], prompt + window(response_ids) + [EOS]
         pairs.append({"chosen_ids": chosen, "rejected_ids": rejected})
-    assert all(len(p["chosen_ids"]) == len(p["rejected_ids"]) == 48 for p in pairs)
+    assert all(len(p["chosen_ids"]) == len(p["rejected_ids"]) == prompt_len + response_ids + 1 for p in pairs)
     return pairs
 
 
 def train_epoch(pairs: list[dict], tokenizer, out: Path, max_steps: int = -1) -> tuple[float, int]:
+    # RoPE has no position parameters: a longer context changes nothing but the limit
+    shape = replace(get_shape("tiny"), response_length=max(32, len(pairs[0]["chosen_ids"]) - PROMPT_LEN))
     """One epoch (or max_steps) of RewardTrainer from a fresh seed-0 model; returns (seconds, optimiser steps)."""
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -73,7 +77,7 @@ def train_epoch(pairs: list[dict], tokenizer, out: Path, max_steps: int = -1) ->
                         max_steps=max_steps, learning_rate=1e-4, max_grad_norm=1.0, bf16=False, fp16=False,
                         gradient_checkpointing=False, report_to="none", save_strategy="no", use_cpu=True,
                         dataloader_num_workers=0, disable_tqdm=True, max_length=None)
-    trainer = RewardTrainer(model=build_scalar(get_shape("tiny")), args=args, processing_class=tokenizer,
+    trainer = RewardTrainer(model=build_scalar(shape), args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list(pairs), callbacks=[Clock()])
     trainer.train()
     return marks[-1] - marks[0], len(marks) - 1
@@ -89,6 +93,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a minimal run (few sentences and steps)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
+    ap.add_argument("--prompt_len", type=int, default=PROMPT_LEN, help="prompt ids per pair (standard 16)")
+    ap.add_argument("--response_len", type=int, default=RESPONSE_IDS + 1, help="response ids incl. EOS (standard 32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n_sentences, n_pairs, repeats = (2000, 64, 1) if args.smoke else (20000, 512, args.repeats)
@@ -97,7 +103,7 @@ def main() -> None:
     sentences = corpus_sentences(n_sentences, seed=0)
     tok = build_tokenizer(sentences)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    pairs = build_pairs(tok, sentences, n_pairs)
+    pairs = build_pairs(tok, sentences, n_pairs, args.prompt_len, args.response_len - 1)
     pairs_per_s = []
     with tempfile.TemporaryDirectory(prefix="trl-reward-bench-") as tmp:
         train_epoch(pairs[:BATCH_PAIRS], fast, Path(tmp) / "warmup", max_steps=1)
