@@ -113,11 +113,13 @@ def test_sft_gradient_checkpointing_recomputes_layers_and_gives_the_same_weights
 
 
 def test_reward_and_ppo_gradient_checkpointing_recompute_layers(setup, tmp_path):
-    for name, run, make in (("reward", reward.run, _reward), ("ppo", ppo.run, _ppo)):
+    # the plain reward forward (shared_prefix splits it in two: prompts, then responses); with checkpointing the
+    # default shared_prefix=true must turn itself off (transformers drops the KV cache it needs there)
+    for name, run, make, kw in (("reward", reward.run, _reward, {"shared_prefix": False}), ("ppo", ppo.run, _ppo, {})):
         calls = {}
         for gc in (False, True):
             with count_training_forwards(LlamaMLP) as n:
-                run(make(setup, tmp_path / f"{name}{gc}", gradient_checkpointing=gc))
+                run(make(setup, tmp_path / f"{name}{gc}", gradient_checkpointing=gc, **({} if gc else kw)))
             calls[gc] = n[0]
         assert calls[True] == 2 * calls[False] > 0, (name, calls)  # PPO: both the policy and the value model
 

@@ -119,6 +119,9 @@ def score_with_shared_prefix(model: PreTrainedModel, layout: dict[str, torch.Ten
     p_mask = layout["prefix_mask"]
     body(input_ids=layout["prefix_ids"], attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
          cache=cache, use_cache=True)
+    if cache.get_seq_length() != p_mask.shape[1]:  # e.g. gradient checkpointing: transformers skips the cache
+        raise ValueError("score_with_shared_prefix: the model did not fill its KV cache (gradient checkpointing "
+                         "turns it off); score the full rows with score_at_last_token instead")
     rg = layout["row_group"]
     cache.batch_select_indices(rg)
     s_mask = layout["suffix_mask"]

@@ -220,6 +220,11 @@ def test_shared_prefix_forward_gives_the_same_loss_and_gradients(base, tokenizer
     assert abs(plain - shared) < 1e-6
     for n in g_plain:
         torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-6, rtol=1e-4)
+    # a model that does not fill the cache (gradient checkpointing in training) is an error, never a wrong score
+    model.train()
+    model.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="did not fill its KV cache"):
+        scorer(b["input_ids"], b["attention_mask"], layout)
     # no shared token, or too little saved: the plain forward is used
     no_share = torch.tensor([[5, 6, 7], [8, 6, 7]])
     assert shared_prefix_layout(no_share, torch.ones_like(no_share), torch.tensor([0, 0])) is None
