@@ -14,7 +14,7 @@ from rlhf.errors import UserError
 from rlhf.io import read_jsonl, write_jsonl
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.families import FAMILIES, family_model, family_tokenizer, save_family
-from rlhf.models.generation import Batch, left_pad, response_forward, right_pad
+from rlhf.models.generation import Batch, generate, left_pad, response_forward, right_pad, sample_with_logprobs
 from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf.models.scalar import (
     per_token_scalars,
@@ -153,6 +153,25 @@ def test_shared_prefix_scores_and_gradients_equal_the_plain_forward(name, bases)
     assert g_plain.keys() == g_shared.keys()
     for n in g_plain:
         torch.testing.assert_close(g_shared[n], g_plain[n], atol=1e-4, rtol=1e-3)  # float32 summation order
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ppo_sampler_draws_generates_tokens_with_full_forward_logprobs(name, bases):
+    """sample_with_logprobs (PPO's fp32 rollout sampler) on each family: the tokens `generate` draws under the same
+    seed, with log-probs and entropies equal to a full forward's (left-padded prompts, each family's own EOS)."""
+    tok = load_tokenizer(bases[name], padding_side="left")
+    lm = load_causal_lm(bases[name]).eval()
+    p_ids, p_mask = left_pad([_enc(tok, t) for t in ("the hotel near the station", "a film", "hi")], tok.pad_token_id)
+    kw = dict(max_new_tokens=10, temperature=0.8, top_k=30, top_p=0.95, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id)
+    torch.manual_seed(7)
+    ref = generate(lm, p_ids, p_mask, **kw)
+    torch.manual_seed(7)
+    got = sample_with_logprobs(lm, p_ids, p_mask, **kw)
+    assert torch.equal(got.response_ids, ref.response_ids) and torch.equal(got.response_mask, ref.response_mask)
+    logp, ent, _ = response_forward(lm, got, 0.8, with_entropy=True)
+    torch.testing.assert_close(got.logprobs, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.entropy, ent, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
