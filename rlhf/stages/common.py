@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from rlhf.io import atomic_write_text, fsync_dir
+from rlhf.io import MetricsLogger, atomic_write_text, fsync_dir, truncate_metrics
 
 console = Console(stderr=True)
 
@@ -103,6 +103,42 @@ def recover_checkpoint_dir(final_dir: Path) -> Path | None:
         return final_dir
     old = final_dir.with_name(f".{final_dir.name}.old")
     return old if old.exists() else None
+
+
+def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, resume: bool,
+                    tag: str) -> tuple[int, int, MetricsLogger | None]:
+    """The start of a step-based training loop (SFT, reward): with `resume` and a checkpoint in folder/checkpoint,
+    restore `module` (the unwrapped model), optimiser, scheduler and RNG, and drop the metrics rows logged after it.
+    Returns (step, micro-batch, folder/metrics.jsonl's logger on the main process, else None)."""
+    step, micro = 0, 0
+    ckpt = recover_checkpoint_dir(folder / "checkpoint") if resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        module.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, micro = state["step"], state["micro"]
+        say(f"[{tag}] resumed from {ckpt} at step {step}")
+        if acc.is_main_process:
+            truncate_metrics(folder / "metrics.jsonl", step)
+    metrics = MetricsLogger(folder / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+    return step, micro, metrics
+
+
+def save_training_checkpoint(acc: Any, folder: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any,
+                             step: int, micro: int) -> None:
+    """What `resume_training` restores, written atomically to folder/checkpoint by the main process."""
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return
+
+    def build(tmp: Path) -> None:
+        torch.save(module.state_dict(), tmp / "model.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                    "step": step, "micro": micro}, tmp / "trainer_state.pt")
+
+    save_checkpoint_dir(build, folder / "checkpoint")
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ import torch
 from rlhf.config import check, opt, save_config
 from rlhf.core import pairwise_loss
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, atomic_write_text, truncate_metrics
+from rlhf.io import atomic_write_text
 from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
@@ -35,11 +35,9 @@ from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages.common import (
     make_optimizer,
     progress,
-    recover_checkpoint_dir,
-    rng_state,
-    save_checkpoint_dir,
+    resume_training,
+    save_training_checkpoint,
     say,
-    set_rng_state,
     set_seed,
     write_summary,
 )
@@ -224,35 +222,14 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     scorer, opt_ = acc.prepare(scorer, opt_)
 
-    step, micro = 0, 0
-    ckpt = recover_checkpoint_dir(folder / "checkpoint") if cfg.resume else None
-    if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        acc.unwrap_model(scorer).model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-        opt_.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step, micro = state["step"], state["micro"]
-        say(f"[{tag}] resumed from {ckpt} at step {step}")
-        if acc.is_main_process:
-            truncate_metrics(folder / "metrics.jsonl", step)
-    metrics = MetricsLogger(folder / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+    step, micro, metrics = resume_training(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, cfg.resume, tag)
 
     def log(row: dict[str, Any]) -> None:
         if metrics is not None:
             metrics.log(row)
 
     def save_checkpoint() -> None:
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return
-
-        def build(tmp: Path) -> None:
-            torch.save(acc.unwrap_model(scorer).model.state_dict(), tmp / "model.pt")
-            torch.save({"optimizer": opt_.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
-                        "step": step, "micro": micro}, tmp / "trainer_state.pt")
-
-        save_checkpoint_dir(build, folder / "checkpoint")
+        save_training_checkpoint(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, step, micro)
 
     def evaluate_now() -> dict[str, float]:
         chosen, rejected = score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, acc)

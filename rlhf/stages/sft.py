@@ -18,17 +18,14 @@ import torch
 
 from rlhf.config import check, opt, save_config
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, truncate_metrics
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     make_optimizer,
     progress,
-    recover_checkpoint_dir,
-    rng_state,
-    save_checkpoint_dir,
+    resume_training,
+    save_training_checkpoint,
     say,
-    set_rng_state,
     set_seed,
     write_summary,
 )
@@ -127,35 +124,14 @@ def run(cfg: SFTConfig) -> Path:
     model, opt_ = acc.prepare(model, opt_)
 
     # 3. resume
-    step, micro = 0, 0
-    ckpt = recover_checkpoint_dir(out / "checkpoint") if cfg.resume else None
-    if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        acc.unwrap_model(model).load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
-        opt_.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step, micro = state["step"], state["micro"]
-        say(f"[sft] resumed from {ckpt} at step {step}")
-        if acc.is_main_process:
-            truncate_metrics(out / "metrics.jsonl", step)
-    metrics = MetricsLogger(out / "metrics.jsonl", append=ckpt is not None) if acc.is_main_process else None
+    step, micro, metrics = resume_training(acc, out, acc.unwrap_model(model), opt_, sched, cfg.resume, "sft")
 
     def log(row: dict[str, Any]) -> None:
         if metrics is not None:
             metrics.log(row)
 
     def save_checkpoint() -> None:
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return
-
-        def build(tmp: Path) -> None:
-            torch.save(acc.unwrap_model(model).state_dict(), tmp / "model.pt")
-            torch.save({"optimizer": opt_.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
-                        "step": step, "micro": micro}, tmp / "trainer_state.pt")
-
-        save_checkpoint_dir(build, out / "checkpoint")
+        save_training_checkpoint(acc, out, acc.unwrap_model(model), opt_, sched, step, micro)
 
     if step == 0 and evals:
         ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
