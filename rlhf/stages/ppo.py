@@ -169,7 +169,6 @@ def run(cfg: PPOConfig) -> Path:
     # options that cannot apply here are refused before anything loads
     mixed = training_mixed_precision(cfg.dtype, resolve_device(cfg.device))  # autocast over fp32 master weights
     quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)
-    check_generation_backend(cfg.generation_backend)
     acc = make_training_accelerator(cfg.device, mixed)
     world = acc.num_processes
     check_generation_backend(cfg.generation_backend, world)
