@@ -122,10 +122,16 @@ def sample_with_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
     return Batch(*(x.clone() for x in out))
 
 
+def new_kv_cache(model: PreTrainedModel) -> object:
+    """An empty `DynamicCache` laid out for `model` (its text config: sliding-window layers where it has them)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config.get_text_config())
+
+
 def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                  temperature: float, top_p: float, top_k: int, eos_token_id: int, pad_token_id: int,
                  stop_at_eos: bool, min_new_tokens: int) -> tuple[torch.Tensor, ...]:
-    from transformers import DynamicCache
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -146,8 +152,7 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     if top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p))
 
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    cache = DynamicCache(config=config)
+    cache = new_kv_cache(model)
     # without padding the model's own positions and causal mask are the same, and cheaper to build
     attn = prompt_mask.long() if not bool(prompt_mask.all()) else None
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0) if attn is not None else None

@@ -68,9 +68,10 @@ def shared_prefix_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     lengths = attention_mask.sum(1).tolist()
     rows = input_ids.tolist()
     uniq, row_group = torch.unique(groups, return_inverse=True)
+    rg = row_group.tolist()
     prefix_len = []
     members_of: dict[int, list[int]] = {}
-    for i, g in enumerate(row_group.tolist()):
+    for i, g in enumerate(rg):
         members_of.setdefault(g, []).append(i)
     for g in range(len(uniq)):
         members = [rows[i][: lengths[i]] for i in members_of[g]]
@@ -83,7 +84,6 @@ def shared_prefix_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         return None
     U, G = len(rows), len(prefix_len)
     P = max(prefix_len)
-    rg = row_group.tolist()
     suffix_len = [lengths[i] - prefix_len[rg[i]] for i in range(U)]
     S = max(suffix_len)
     shared_cost, full_cost = G * P + U * S, U * input_ids.shape[1]  # padded token positions
@@ -91,8 +91,8 @@ def shared_prefix_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         return None
     prefix_ids = torch.zeros((G, P), dtype=input_ids.dtype)
     prefix_mask = torch.zeros((G, P), dtype=attention_mask.dtype)
-    first = [rg.index(g) for g in range(G)]
-    for g, (k, i) in enumerate(zip(prefix_len, first)):
+    for g, k in enumerate(prefix_len):
+        i = members_of[g][0]  # any member: they all start with the prefix
         prefix_ids[g, P - k:] = torch.tensor(rows[i][:k])
         prefix_mask[g, P - k:] = 1
     suffix_ids = torch.zeros((U, S), dtype=input_ids.dtype)
@@ -111,11 +111,10 @@ def score_with_shared_prefix(model: PreTrainedModel, layout: dict[str, torch.Ten
     """(U,) scores at each row's last real token, equal to `score_at_last_token` on the full rows (to float
     rounding, gradients included): one forward over the groups' prefixes fills a KV cache, which is gathered to one
     copy per row (a differentiable index), then one forward over the suffixes attends to it."""
-    from transformers import DynamicCache
+    from rlhf.models.generation import new_kv_cache
 
     body = backbone(model)
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    cache = DynamicCache(config=config)
+    cache = new_kv_cache(model)
     p_mask = layout["prefix_mask"]
     body(input_ids=layout["prefix_ids"], attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
          cache=cache, use_cache=True)

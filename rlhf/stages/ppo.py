@@ -319,23 +319,22 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     # 1. rollout: this process's prompts; each chunk seeded by (seed, update, chunk) -> independent of process count
     idx = prompt_indices(update, cfg.rollout_batch_size, len(prompts), cfg.seed)
     idx = idx[acc.process_index * local_batch:(acc.process_index + 1) * local_batch]
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, stop_at_eos=cfg.stop_at_eos)
+    seed = cfg.seed * 1_000_003 + update * 10_007
     chunks = []
     if s.vllm is not None:  # the policy's current weights into the engine, then the whole batch in one call
         s.vllm.sync_weights(unwrapped)
-        chunks.append(s.vllm.sample(
-            [prompts[i] for i in idx], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-            top_p=cfg.top_p, top_k=cfg.top_k, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            stop_at_eos=cfg.stop_at_eos, seed=cfg.seed * 1_000_003 + update * 10_007, device=device))
-    for c in range(0, local_batch if s.vllm is None else 0, gen_chunk):
-        global_chunk = (acc.process_index * local_batch + c) // gen_chunk
-        torch.manual_seed(cfg.seed * 1_000_003 + update * 10_007 + global_chunk)
-        p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
-        kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, stop_at_eos=cfg.stop_at_eos)
-        if s.sampler_logprobs:  # log-probs and entropies from the sampling steps' logits
-            chunks.append(sample_with_logprobs(unwrapped, p_ids.to(device), p_mask.to(device), **kw))
-        else:
-            chunks.append(generate(unwrapped, p_ids.to(device), p_mask.to(device), synced_gpus=_sharded(acc), **kw))
+        chunks.append(s.vllm.sample([prompts[i] for i in idx], seed=seed, device=device, **kw))
+    else:
+        for c in range(0, local_batch, gen_chunk):
+            torch.manual_seed(seed + (acc.process_index * local_batch + c) // gen_chunk)  # + the global chunk index
+            p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
+            p_ids, p_mask = p_ids.to(device), p_mask.to(device)
+            if s.sampler_logprobs:  # log-probs and entropies from the sampling steps' logits
+                chunks.append(sample_with_logprobs(unwrapped, p_ids, p_mask, **kw))
+            else:
+                chunks.append(generate(unwrapped, p_ids, p_mask, synced_gpus=_sharded(acc), **kw))
     batch = _concat(chunks, tok.pad_token_id)
     mask = batch.response_mask
     t_gen = time.perf_counter()
