@@ -203,3 +203,25 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ppo_arg_parser(description: str):
+    """The options every PPO benchmark (ours, the floor, TRL's) shares; parse with `parse_ppo_args`."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--scale", action="store_true", help="the compute-bound shape (hidden 512, 8 layers, response 64)")
+    ap.add_argument("--response_length", type=int, default=0, help="override the shape's response length")
+    ap.add_argument("--batch", type=int, default=16, help="rollouts per update (4 minibatches of batch/4)")
+    ap.add_argument("--updates", type=int, default=10, help="timed updates")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed updates first")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
+    ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
+    ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus (for the tests)")
+    return ap
+
+
+def parse_ppo_args(ap):
+    """Parse; --smoke means one update of response 8 (unless given) and no warm-up."""
+    args = ap.parse_args()
+    if args.smoke:
+        args.updates, args.warmup, args.response_length = 1, 0, args.response_length or 8
+    return args

@@ -15,7 +15,6 @@ Prints per-update figures, then one JSON object as the last line (`floor_s` = me
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import get_shape  # noqa: E402  (benchmarks/ is not a package)
+from _workload import get_shape, parse_ppo_args, ppo_arg_parser  # noqa: E402  (benchmarks/ is not a package)
 
 TEMPERATURE, NUM_MINIBATCHES, LR, ADAM_EPS, VF_COEF = 0.7, 4, 1e-5, 1e-5, 0.1
 
@@ -158,23 +157,12 @@ def serve(workload: Path, response_length: int, batch: int) -> None:
 def main() -> None:
     from _workload import ensure_workload
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", action="store_true", help="the compute-bound shape (hidden 512, 8 layers, response 64)")
-    ap.add_argument("--response_length", type=int, default=0, help="override the shape's response length")
-    ap.add_argument("--batch", type=int, default=16, help="rollouts per update (4 minibatches)")
-    ap.add_argument("--updates", type=int, default=10, help="timed updates")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
-    ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
-    ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus (for the tests)")
+    ap = ppo_arg_parser(__doc__.splitlines()[0])
     ap.add_argument("--serve", action="store_true", help="interleaved mode for ppo_step.py (needs --workload)")
-    args = ap.parse_args()
-    if args.serve:
-        torch.set_num_threads(args.threads)
-        return serve(args.workload, args.response_length, args.batch)
-    if args.smoke:
-        args.updates, args.warmup, args.response_length = 1, 0, args.response_length or 8
+    args = parse_ppo_args(ap)
     torch.set_num_threads(args.threads)
+    if args.serve:
+        return serve(args.workload, args.response_length, args.batch)
     shape = get_shape("scale" if args.scale else "tiny", args.response_length or None)
     with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
         workload = args.workload or Path(tmp) / "workload"

@@ -19,7 +19,6 @@ then one JSON object as the last line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -35,7 +34,7 @@ os.environ.setdefault("RLHF_NO_PROGRESS", "1")  # no progress-bar refresh thread
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _workload import PROMPT_LEN, ensure_workload, get_shape  # noqa: E402
+from _workload import PROMPT_LEN, ensure_workload, get_shape, parse_ppo_args, ppo_arg_parser  # noqa: E402
 
 
 class InterleavedFloor:
@@ -113,21 +112,11 @@ def run_ours(workload: Path, out: Path, response_length: int, batch: int, update
 def main() -> None:
     from compute_floor import summarise
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", action="store_true", help="the compute-bound shape (hidden 512, 8 layers, response 64)")
-    ap.add_argument("--response_length", type=int, default=0, help="override the shape's response length")
-    ap.add_argument("--batch", type=int, default=16, help="rollouts per update (4 minibatches of batch/4)")
-    ap.add_argument("--updates", type=int, default=10, help="timed updates")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
-    ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
+    ap = ppo_arg_parser(__doc__.splitlines()[0])
     ap.add_argument("--no_floor", action="store_true", help="skip the compute-floor measurement")
     ap.add_argument("--rollout_logprobs", default="auto", choices=["auto", "sampler", "recompute"],
                     help="the stage option (auto = sampler here: fp32, separate value model)")
-    ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus (for the tests)")
-    args = ap.parse_args()
-    if args.smoke:
-        args.updates, args.warmup, args.response_length = 1, 0, args.response_length or 8
+    args = parse_ppo_args(ap)
     if args.batch % 4:
         raise SystemExit(f"--batch {args.batch}: must be a multiple of 4 (4 minibatches per update)")
     torch.set_num_threads(args.threads)

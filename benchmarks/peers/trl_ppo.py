@@ -25,7 +25,6 @@ wrapping the module's `batch_generation`, and gc.collect() by wrapping the modul
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -41,7 +40,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPO lives in trl.exper
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _workload import PROMPT_LEN, ensure_workload, get_shape  # noqa: E402
+from _workload import PROMPT_LEN, ensure_workload, get_shape, parse_ppo_args, ppo_arg_parser  # noqa: E402
 
 
 def run_trl(workload: Path, out: Path, response_length: int, batch: int, updates: int, warmup: int) -> dict:
@@ -117,18 +116,8 @@ def main() -> None:
     import transformers
     import trl
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", action="store_true", help="the compute-bound shape (hidden 512, 8 layers, response 64)")
-    ap.add_argument("--response_length", type=int, default=0, help="override the shape's response length")
-    ap.add_argument("--batch", type=int, default=16, help="rollouts per update (4 minibatches of batch/4)")
-    ap.add_argument("--updates", type=int, default=10, help="timed updates")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed updates first")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the standard workload uses 2)")
-    ap.add_argument("--workload", type=Path, help="a folder built by _workload.py (default: built in a temp folder)")
-    ap.add_argument("--smoke", action="store_true", help="one short update on a small corpus")
-    args = ap.parse_args()
-    if args.smoke:
-        args.updates, args.warmup, args.response_length = 1, 0, args.response_length or 8
+    ap = ppo_arg_parser(__doc__.splitlines()[0])
+    args = parse_ppo_args(ap)
     torch.set_num_threads(args.threads)
     shape = get_shape("scale" if args.scale else "tiny", args.response_length or None)
     R = shape.response_length
