@@ -371,7 +371,7 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     micro_size = mb_size // cfg.grad_accum
     for model in (policy, value):
         if model is not None:
-            model.train()  # dropout is off (see _no_dropout); train() only matters for layers that check it
+            model.train()  # dropout is off (see disable_dropout); train() only matters for layers that check it
     acc_stats: dict[str, list[float]] = {}
     early_stopped = 0
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + update)
@@ -490,6 +490,7 @@ class State:
 
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
+    from rlhf.models.dropout import disable_dropout
     from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
     from rlhf.models.reward import load_reward_model
@@ -526,9 +527,9 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
         from rlhf.models.value import PolicyWithValueHead
 
         policy = PolicyWithValueHead(policy)
-    for model in (policy, value, ref):
+    for model in (policy, value, ref):  # rollout and training forwards must agree (ratio = 1 before the first step)
         if model is not None:
-            _no_dropout(model)
+            disable_dropout(model)
     reward.eval().requires_grad_(False)
     return Models(tok, policy, ref, reward, value, context)
 
@@ -705,17 +706,6 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
     if hasattr(model, "peft_config"):
         return {k: v for k, v in model.state_dict().items() if "lora_" in k}
     return model.state_dict()
-
-
-def _no_dropout(model: Any) -> None:
-    """Dropout off everywhere: rollout and training forwards must agree (ratio = 1 before the first step)."""
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = 0.0
-    cfg = getattr(model, "config", None)
-    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop"):
-        if cfg is not None and isinstance(getattr(cfg, name, None), float):
-            setattr(cfg, name, 0.0)
 
 
 def _check_tokenizers(tok: Any, reward_tokenizer_path: str, cfg: PPOConfig) -> None:

@@ -787,6 +787,7 @@ def member_dir(out: str | Path, member: int) -> Path:
 def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]:
     """(HF scalar-head model, peft model or None). A fresh head is drawn N(0, head_std) under `seed`; with LoRA
     the returned HF model has the adapters injected (train through it) and the peft model merges them."""
+    from rlhf.models.dropout import disable_dropout
     from rlhf.models.loading import default_head_std, load_scalar_model, scalar_head
     from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
 
@@ -806,6 +807,9 @@ def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]
             if head.bias is not None:
                 head.bias.zero_()
     model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
+    # the backbone's dropout off (every family, float rate attributes too): training forwards are deterministic and
+    # the shared-prefix scorer equals the plain forward; --lora_dropout, added below, stays the user's choice
+    disable_dropout(model)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if not cfg.lora_r:
