@@ -13,7 +13,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -21,6 +21,15 @@ from rlhf.errors import ConfigError, UserError
 from rlhf.io import atomic_write_text
 
 C = TypeVar("C")
+
+# Enumerated options shared by several stages. A `Literal[...]` field is checked when the config is built (YAML,
+# command line or `build_config`): a value outside its choices is a one-line error naming the field, the value and
+# the choices, with "did you mean" when one is close; `--help` lists the choices.
+Dtype = Literal["fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+LoadIn = Literal["", "4bit", "8bit"]
+Schedule = Literal["cosine", "linear", "constant"]
+Gold = Literal["", "demo"]
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -45,13 +54,45 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def choices_of(tp: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a `Literal[...]` field (also `Literal[...] | None`), else None."""
+    inner, _ = _base_type(tp)
+    return typing.get_args(inner) if typing.get_origin(inner) is Literal else None
+
+
+def show_choice(value: Any) -> str:
+    """A choice as the user types it ('' shown as '')."""
+    return "''" if value == "" else str(value)
+
+
+def _type_name(tp: Any) -> str:
+    choices = choices_of(tp)
+    if choices is not None:
+        return "one of " + ", ".join(show_choice(c) for c in choices)
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce_choice(cls: type, name: str, choices: tuple[Any, ...], value: Any, source: str) -> Any:
+    for c in choices:  # YAML may give 8 for '8', or true for 'true': compare as the user typed it
+        if value == c or (not isinstance(value, bool) and str(value) == str(c)):
+            return c
+    shown = [show_choice(c) for c in choices]
+    close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices if c != ""], n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"{source}: field '{name}' of {cls.__name__}: unknown value {value!r}{hint}; use one of "
+                      f"{', '.join(shown)}")
+
+
 def _coerce(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
     """Convert a YAML or CLI value to the field's type, or raise ConfigError naming the field."""
     inner, optional = _base_type(tp)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
-        raise ConfigError(f"{source}: field '{name}' of {cls.__name__} cannot be empty (expected {inner.__name__})")
+        raise ConfigError(f"{source}: field '{name}' of {cls.__name__} cannot be empty (expected {_type_name(inner)})")
+    choices = choices_of(inner)
+    if choices is not None:
+        return _coerce_choice(cls, name, choices, value, source)
     try:
         if inner is bool:
             if isinstance(value, bool):
@@ -156,17 +197,24 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--field_name` option per dataclass field (also accepted as `--field-name`), help from metadata."""
+    """One `--field_name` option per dataclass field (also accepted as `--field-name`), help from metadata.
+    A `Literal` field shows its choices ({a,b,c}); the value itself is checked by `build_config`, so the CLI, a YAML
+    file and Python all get the same one-line error."""
     parser.add_argument("--config", default=None, help="YAML file with values for the options below")
     group = parser.add_argument_group(f"{cls.__name__} options (override the YAML file)")
+    types_ = _field_types(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         flags = [f"--{f.name}"]
         if "_" in f.name:
             flags.append(f"--{f.name.replace('_', '-')}")
-        group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar="V",
-                           help=f"{f.metadata.get('help', '')} (default: {default!r})")
+        choices = choices_of(types_[f.name])
+        metavar = "{" + ",".join(show_choice(c) for c in choices) + "}" if choices else "V"
+        help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
+        # argparse %-formats help strings ('%(default)s'): a literal % ("~30%% slower") must be doubled
+        group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=metavar,
+                           help=help_.replace("%", "%%"))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

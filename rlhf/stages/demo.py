@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from rlhf.config import check, opt, save_config
+from rlhf.config import Device, opt, save_config
 from rlhf.errors import UserError
 from rlhf.stages.common import console, stage_done, write_summary
 
@@ -30,18 +30,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                  rm_epochs=1, rm_lr=1e-3, ppo_updates=3, ppo_batch=8, ppo_lr=1e-4, kl_coef=0.05,
                  eval_prompts=16),
 }
+Preset = Literal["default", "tiny"]  # the keys of PRESETS
 STAGES = ("data", "pretrain", "sft", "sample", "label", "reward", "ppo", "eval", "report")
 
 
 @dataclass
 class DemoConfig:
     out: str = opt("runs/demo", "run folder: every stage writes a subfolder here")
-    preset: str = opt("default", "size of the demo: default (minutes on a laptop CPU) or tiny (seconds; tests)")
+    preset: Preset = opt("default", "size of the demo: default (minutes on a laptop CPU) or tiny (seconds; tests)")
     seed: int = opt(0, "seed for the corpus, models, labelers and sampling")
-    device: str = opt("auto", "auto, cpu or cuda")
-
-    def validate(self) -> None:
-        check(self.preset in PRESETS, "preset", f"unknown '{self.preset}'", f"use one of {', '.join(PRESETS)}")
+    device: Device = opt("auto", "auto, cpu or cuda")
 
 
 def run(cfg: DemoConfig) -> Path:

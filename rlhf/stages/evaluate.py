@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import check, load_yaml, opt, save_config
+from rlhf.config import Device, Dtype, Gold, check, load_yaml, opt, save_config
 from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
@@ -54,11 +54,11 @@ class EvalConfig:
                                     "the PPO run's (its config.yaml), else 0.7")
     max_new_tokens: int | None = opt(None, "longest response in tokens; empty = the PPO run's, else 48")
     seed: int = opt(0, "sampling seed (the same random numbers for both models)")
-    gold: str = opt("", "gold judge: 'demo' (the demo task's sentiment judge, plus TextBlob polarity as a second "
-                    "judge) or '' for none")
+    gold: Gold = opt("", "gold judge: 'demo' (the demo task's sentiment judge, plus TextBlob polarity as a second "
+                     "judge) or '' for none")
     batch_size: int = opt(32, "prompts generated and scored together")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
-    device: str = opt("auto", "auto, cpu or cuda")
+    dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
+    device: Device = opt("auto", "auto, cpu or cuda")
     reward_summary: str = opt("", "the reward stage's eval.json or summary.json (held-out RM accuracy, Bayes "
                               "accuracy); empty = look in --reward")
     label_db: str = opt("", "also add blind pairwise tasks (policy vs baseline, order randomised and recorded) to this "
@@ -75,7 +75,6 @@ class EvalConfig:
               "use the PPO run's temperature (e.g. 0.7); greedy decoding has no KL to measure")
         check(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1",
               "use 1 or more")
-        check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
         check(self.batch_size >= 1, "batch_size", "must be >= 1", "use 1 or more")
         check(self.label_tasks >= 0, "label_tasks", "must be >= 0", "use 0 for every pair")
         check(self.label_overlap >= 1, "label_overlap", "must be >= 1", "use 1 or more labelers per task")

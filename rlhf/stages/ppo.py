@@ -15,11 +15,11 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from rlhf.config import check, opt, save_config
+from rlhf.config import Device, Dtype, Gold, LoadIn, check, opt, save_config
 from rlhf.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -55,10 +55,11 @@ class PPOConfig:
     ref: str = opt("", "reference model; empty = a frozen copy of --policy (with --lora_r: the policy, adapters off)")
     reward: str = opt("", "reward model folder (from `rlhf reward`; its reward_config.json gain/bias are applied)")
     value: str = opt("", "value model init; empty = the reward model's backbone (Ziegler et al. 2019)")
-    value_head_init: str = opt("zero", "value head start: zero (lm-human-preferences) or keep (the reward head)")
+    value_head_init: Literal["zero", "keep"] = opt("zero", "value head start: zero (lm-human-preferences) or keep "
+                                                   "(the reward head)")
     prompts: str = opt("", "JSONL of training prompts {'prompt_id', 'prompt'}")
     out: str = opt("runs/ppo", "output folder: the trained policy (HF format), value/, metrics.jsonl, checkpoint/")
-    gold: str = opt("", "optional gold judge to log objective/gold: 'demo' (the demo task's sentiment judge)")
+    gold: Gold = opt("", "optional gold judge to log objective/gold: 'demo' (the demo task's sentiment judge)")
     # rollout
     updates: int = opt(100, "number of PPO updates (each: a rollout batch, then ppo_epochs of minibatch steps)")
     rollout_batch_size: int = opt(64, "rollouts (prompts) per update, over all processes")
@@ -72,7 +73,8 @@ class PPOConfig:
     missing_eos_penalty: float | None = opt(None, "added to the score of a response without EOS, e.g. -1.0 (TRL)")
     # rewards and advantages
     kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive)")
-    kl_estimator: str = opt("k1", "per-token KL estimator in the reward: k1 (unbiased, standard) or k3 (>= 0)")
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward: k1 (unbiased, standard), "
+                                                  "k2 (d^2/2) or k3 (>= 0)")
     adaptive_kl: bool = opt(False, "steer beta toward kl_target (Ziegler et al. 2019)")
     kl_target: float = opt(6.0, "target sequence KL (nats) for the adaptive controller")
     kl_horizon: int = opt(10000, "adaptive controller horizon in rollouts")
@@ -93,7 +95,7 @@ class PPOConfig:
     lr: float = opt(1e-5, "policy learning rate (Adam)")
     value_lr: float = opt(0.0, "value learning rate (0 = same as lr)")
     adam_eps: float = opt(1e-5, "Adam epsilon (1e-5: lm-human-preferences, the 37 PPO details)")
-    lr_schedule: str = opt("linear", "linear decay to 0 over the run, or constant")
+    lr_schedule: Literal["linear", "constant"] = opt("linear", "linear decay to 0 over the run, or constant")
     max_grad_norm: float = opt(1.0, "clip each model's gradient norm to this (0 = off)")
     # run
     lora_r: int = opt(0, "train LoRA adapters of this rank instead of the full policy (0 = full fine-tune)")
@@ -102,23 +104,23 @@ class PPOConfig:
     log_samples_every: int = opt(10, "print and store a table of sample responses every N updates (0 = never)")
     tensorboard: bool = opt(True, "also write TensorBoard logs to out/tb")
     seed: int = opt(0, "seed for prompt order and sampling")
-    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights of the trained models "
-                     "(fp16: CUDA only, with loss scaling); the frozen reference, reward model and LoRA base are "
-                     "stored in it; the saved policy is in it")
+    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights of the trained models "
+                       "(fp16: CUDA only, with loss scaling); the frozen reference, reward model and LoRA base are "
+                       "stored in it; the saved policy is in it")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass of the policy and value "
                                        "models (less memory, ~30% slower training; generation is unaffected)")
-    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
-                       "bitsandbytes: CUDA only, needs lora_r > 0 and shared_value_head")
-    rollout_logprobs: str = opt("auto", "where the rollout's log-probs come from: sampler (the sampling step's own "
-                                "logits: no extra policy forward; equal to a full forward to ~1e-6 in fp32), "
-                                "recompute (one more forward after sampling), or auto (sampler in fp32 with a "
-                                "separate value model, recompute otherwise: bf16/fp16 KV-cache logits drift)")
-    generation_backend: str = opt("transformers", "rollout generation: transformers (default, everywhere) or vllm "
-                                  "(one GPU, colocated, weights synced before each rollout; refused with the reason "
-                                  "where it cannot run; docs/ppo.md)")
+    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
+                          "bitsandbytes: CUDA only, needs lora_r > 0 and shared_value_head")
+    rollout_logprobs: Literal["auto", "sampler", "recompute"] = opt(
+        "auto", "where the rollout's log-probs come from: sampler (the sampling step's own logits: no extra policy "
+        "forward; equal to a full forward to ~1e-6 in fp32), recompute (one more forward after sampling), or auto "
+        "(sampler in fp32 with a separate value model, recompute otherwise: bf16/fp16 KV-cache logits drift)")
+    generation_backend: Literal["transformers", "vllm"] = opt(
+        "transformers", "rollout generation: transformers (default, everywhere) or vllm (one GPU, colocated, weights "
+        "synced before each rollout; refused with the reason where it cannot run; docs/ppo.md)")
     vllm_gpu_memory_utilization: float = opt(0.3, "share of the GPU's memory the vLLM engine may claim (weights + "
                                              "KV cache); keep it below 1 - the trainer's peak share")
-    device: str = opt("auto", "auto, cpu or cuda")
+    device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if present")
 
     def validate(self) -> None:
@@ -128,12 +130,7 @@ class PPOConfig:
         check(self.updates >= 1, "updates", "must be >= 1", "set --updates")
         check(self.temperature > 0, "temperature", "must be > 0", "use e.g. 0.7; greedy decoding cannot be trained")
         check(0 < self.top_p <= 1, "top_p", f"{self.top_p} outside (0, 1]", "use 1.0")
-        check(self.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", f"unknown '{self.kl_estimator}'", "use k1 or k3")
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0", "use e.g. 0.05")
-        check(self.value_head_init in ("zero", "keep"), "value_head_init", f"unknown '{self.value_head_init}'",
-              "use zero or keep")
-        check(self.lr_schedule in ("linear", "constant"), "lr_schedule", f"unknown '{self.lr_schedule}'",
-              "use linear or constant")
         check(self.ppo_epochs >= 1 and self.num_minibatches >= 1 and self.grad_accum >= 1, "ppo_epochs",
               "ppo_epochs, num_minibatches and grad_accum must be >= 1", "set them to 1 or more")
         check(self.rollout_batch_size % self.num_minibatches == 0, "rollout_batch_size",
@@ -143,14 +140,10 @@ class PPOConfig:
               f"the minibatch of {self.rollout_batch_size // self.num_minibatches} is not divisible by {self.grad_accum}",
               "choose grad_accum dividing rollout_batch_size / num_minibatches")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1", "use 1 or more")
-        check(self.gold in ("", "demo"), "gold", f"unknown gold judge '{self.gold}'", "use '' or 'demo'")
-        check(self.rollout_logprobs in ("auto", "sampler", "recompute"), "rollout_logprobs",
-              f"unknown '{self.rollout_logprobs}'", "use auto, sampler or recompute")
         check(not (self.generation_backend == "vllm" and self.load_in), "generation_backend",
               "vllm cannot sync a 4/8-bit policy", "use --generation_backend transformers with load_in")
         check(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization",
               f"{self.vllm_gpu_memory_utilization} outside (0, 1)", "use e.g. 0.3")
-        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
         check(not self.load_in or self.shared_value_head, "load_in", "a separate value model cannot be trained in "
               "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
 

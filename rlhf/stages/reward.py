@@ -20,11 +20,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from rlhf.config import check, opt, save_config
+from rlhf.config import Device, Dtype, LoadIn, Schedule, check, opt, save_config
 from rlhf.core import pairwise_loss
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
@@ -73,13 +73,14 @@ class RewardConfig:
                     "models (InstructGPT: 9e-6)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
-    schedule: str = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    schedule: Schedule = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
     warmup_steps: int = opt(10, "linear warm-up steps")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
     use_margin: bool = opt(False, "subtract each pair's 'margin' (label strength) inside the loss (Llama 2). Off by "
                            "default: it helps separate strong preferences but the plain loss stays calibrated")
-    ties: str = opt("skip", "rows with \"tie\": true: skip (counted; Bradley-Terry has no tie outcome, and the export "
-                    "already drops ties) or equal (train toward equal reward: loss -1/2[log s(d) + log s(-d)])")
+    ties: Literal["skip", "equal"] = opt("skip", "rows with \"tie\": true: skip (counted; Bradley-Terry has no tie "
+                                         "outcome, and the export already drops ties) or equal (train toward equal "
+                                         "reward: loss -1/2[log s(d) + log s(-d)])")
     center_coef: float = opt(0.0, "weight of the auxiliary centring term coef * mean(r)^2 (Eisenstein et al. 2023 use "
                              "0.01): keeps raw rewards near 0 (the pairwise loss ignores a shared offset)")
     ensemble: int = opt(1, "train N reward models with seeds seed..seed+N-1 (head init and data order); member 0 is "
@@ -98,15 +99,15 @@ class RewardConfig:
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
     seed: int = opt(0, "seed for the head init, the held-out split and the data order")
-    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
-                     "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
+    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
+                       "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
     shared_prefix: bool = opt(True, "in training, run the prompt the responses of a batch share once (a KV cache "
                               "reused by each response; same scores and gradients) when that saves >= 10% of the "
                               "tokens; off under gradient checkpointing, which drops the cache")
-    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
-                       "needs lora_r > 0")
-    device: str = opt("auto", "auto, cpu or cuda")
+    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
+                          "needs lora_r > 0")
+    device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
 
     def validate(self) -> None:
@@ -121,18 +122,12 @@ class RewardConfig:
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
         check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
         check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
-        check(self.schedule in ("cosine", "linear", "constant"), "schedule", f"unknown '{self.schedule}'",
-              "use cosine, linear or constant")
-        check(self.ties in ("skip", "equal"), "ties", f"unknown '{self.ties}'", "use skip or equal")
         check(self.center_coef >= 0, "center_coef", "must be >= 0", "use 0 (off) or a small value like 0.01")
         check(self.ensemble >= 1, "ensemble", "must be >= 1", "use 1 for a single reward model")
         check(self.head_std is None or self.head_std >= 0, "head_std", "must be >= 0", "leave it empty for the default")
         check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1",
               "use 1 or more")
         check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 8")
-        check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"unknown '{self.dtype}'", "use fp32, bf16 or fp16")
-        check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'", "use auto, cpu or cuda")
-        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
 
 
 def run(cfg: RewardConfig) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import check, opt, save_config
+from rlhf.config import Device, Dtype, check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
@@ -37,8 +37,8 @@ class SampleConfig:
     max_new_tokens: int = opt(48, "longest response in tokens; generation stops earlier at EOS")
     batch_size: int = opt(64, "sequences generated together")
     seed: int = opt(0, "sampling seed")
-    dtype: str = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
-    device: str = opt("auto", "auto, cpu or cuda")
+    dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
+    device: Device = opt("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
         check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import check, opt, save_config
+from rlhf.config import Device, Dtype, LoadIn, Schedule, check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
@@ -53,7 +53,7 @@ class SFTConfig:
     lr: float = opt(3e-3, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_eps: float = opt(1e-8, "AdamW epsilon")
-    schedule: str = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    schedule: Schedule = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
     warmup_steps: int = opt(20, "linear warm-up steps")
     max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
     eval_every: int = opt(100, "evaluate every N optimiser steps (and at the start and the end)")
@@ -61,16 +61,16 @@ class SFTConfig:
     save_every: int = opt(200, "write checkpoint/ every N optimiser steps (0 = only at the end)")
     log_every: int = opt(10, "log training metrics every N optimiser steps")
     seed: int = opt(0, "seed for model init, data order and dropout")
-    dtype: str = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
-                     "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
+    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
+                       "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
     lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. Adapters are merged before saving")
     lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = opt(0.0, "LoRA dropout")
     lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
-    load_in: str = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
-                       "needs lora_r > 0")
-    device: str = opt("auto", "auto, cpu or cuda")
+    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
+                          "needs lora_r > 0")
+    device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if it exists")
 
     def validate(self) -> None:
@@ -80,12 +80,7 @@ class SFTConfig:
         check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
         check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
         check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
-        check(self.schedule in ("cosine", "linear", "constant"), "schedule", f"unknown '{self.schedule}'",
-              "use cosine, linear or constant")
-        check(self.dtype in ("fp32", "bf16", "fp16"), "dtype", f"unknown '{self.dtype}'", "use fp32, bf16 or fp16")
-        check(self.device in ("auto", "cpu", "cuda"), "device", f"unknown '{self.device}'", "use auto, cpu or cuda")
         check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 16")
-        check(self.load_in in ("", "4bit", "8bit"), "load_in", f"unknown '{self.load_in}'", "use '', 4bit or 8bit")
 
 
 def run(cfg: SFTConfig) -> Path:
