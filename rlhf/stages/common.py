@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -15,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rlhf.errors import UserError
 from rlhf.io import MetricsLogger, atomic_write_text, fsync_dir, truncate_metrics
 
 console = Console(stderr=True)
@@ -32,15 +34,24 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors, ints, floats and lists only, so that a checkpoint holding it loads with
+    `torch.load(weights_only=True)` (no pickled objects: see load_checkpoint_file). Restored exactly by set_rng_state."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [int(version), [int(x) for x in internal], gauss],
+             "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -105,6 +116,23 @@ def recover_checkpoint_dir(final_dir: Path) -> Path | None:
     return old if old.exists() else None
 
 
+def load_checkpoint_file(path: Path) -> Any:
+    """`torch.load` of a file in a run's checkpoint/ with weights_only=True: tensors and plain containers only. A
+    pickled object would run code as whoever resumes (a planted or foreign file), so anything else is refused with a
+    one-line error, as is a damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the checkpoint (an incomplete or foreign checkpoint folder); delete "
+                        f"{path.parent} to start over, or run without --resume")
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"{path}: refused to load: not a checkpoint file written by this version of rlhf (it holds "
+                        f"objects other than tensors and plain values, which could run code, or it is damaged: "
+                        f"{reason}); delete {path.parent} to start over, or run without --resume") from None
+
+
 def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, resume: bool,
                     tag: str) -> tuple[int, int, MetricsLogger | None]:
     """The start of a step-based training loop (SFT, reward): with `resume` and a checkpoint in folder/checkpoint,
@@ -113,8 +141,8 @@ def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: 
     step, micro = 0, 0
     ckpt = recover_checkpoint_dir(folder / "checkpoint") if resume else None
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        module.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+        state = load_checkpoint_file(ckpt / "trainer_state.pt")
+        module.load_state_dict(load_checkpoint_file(ckpt / "model.pt"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])

@@ -36,6 +36,7 @@ from rlhf.io import MetricsLogger, truncate_metrics, write_jsonl
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
     console,
+    load_checkpoint_file,
     make_optimizer,
     progress,
     recover_checkpoint_dir,
@@ -216,10 +217,10 @@ def run(cfg: PPOConfig) -> Path:
     start = 0
     ckpt = recover_checkpoint_dir(out / "checkpoint") if cfg.resume else None
     if ckpt is not None:
-        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        acc.unwrap_model(m.policy).load_state_dict(torch.load(ckpt / "policy.pt", weights_only=True), strict=False)
+        state = load_checkpoint_file(ckpt / "trainer_state.pt")  # weights_only: a planted pickle is refused
+        acc.unwrap_model(m.policy).load_state_dict(load_checkpoint_file(ckpt / "policy.pt"), strict=False)
         if m.value is not None:
-            acc.unwrap_model(m.value).load_state_dict(torch.load(ckpt / "value.pt", weights_only=True))
+            acc.unwrap_model(m.value).load_state_dict(load_checkpoint_file(ckpt / "value.pt"))
         for o, st in zip(s.optimizers, state["optimizers"]):
             o.load_state_dict(st)
         for sc, st in zip(s.schedulers, state["schedulers"]):
@@ -529,7 +530,7 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
 
 def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
     """The policy as a plain HF folder in cfg.dtype (LoRA merged); the value model in out/value (or the head in
-    value_head.pt). Every process calls this: under FSDP/ZeRO-3 the full state dicts are gathered first."""
+    value_head.safetensors: no pickle). Every process calls this: under FSDP/ZeRO-3 the full state dicts are gathered first."""
     from rlhf.models.precision import cast_state_dict
 
     def gathered(model: Any, prefix: str) -> dict[str, torch.Tensor]:
@@ -551,7 +552,9 @@ def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
         acc.unwrap_model(m.value).model.save_pretrained(out / "value", safe_serialization=True, state_dict=value_state)
         m.tokenizer.save_pretrained(out / "value")
     else:
-        torch.save(policy.v_head.state_dict(), out / "value_head.pt")
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in policy.v_head.state_dict().items()}, out / "value_head.safetensors")
 
 
 def encode_prompts(cfg: PPOConfig, tok: Any, context: int | None) -> list[list[int]]:

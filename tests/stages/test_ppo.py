@@ -288,7 +288,7 @@ def test_ppo_raises_score_of_a_reward_model_with_a_known_preference(setup, tmp_p
 def test_shared_value_head_runs_and_learns_values(setup, tmp_path):
     out = ppo.run(_cfg(setup, tmp_path / "shared", updates=6, shared_value_head=True, value_lr=1e-2, lr=1e-4))
     rows = _metrics(out)
-    assert (out / "value_head.pt").exists() and not (out / "value").exists()
+    assert (out / "value_head.safetensors").exists() and not (out / "value").exists()
     assert rows[0]["value/mean"] == 0.0  # a fresh head starts at zero
     assert rows[-1]["value/explained_variance"] > rows[0]["value/explained_variance"]
     assert not any("v_head" in k for k in _weights(out))  # the policy folder is a plain causal LM
