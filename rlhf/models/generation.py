@@ -6,7 +6,11 @@ every row sits at column P + t. Response masks are True up to and including the 
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -65,10 +69,43 @@ def right_pad(seqs: list[list[int]], pad_id: int, length: int | None = None) -> 
     return ids, mask
 
 
-def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+def eos_list(eos_token_id: int | Sequence[int]) -> list[int]:
+    """One EOS id or several -> a list (an instruct model often declares several: `<|im_end|>`, `<|eot_id|>`)."""
+    ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+    if not ids:
+        raise ValueError("at least one EOS id is needed")
+    return ids
+
+
+def stop_token_ids(model: PreTrainedModel | None, tokenizer: Any) -> list[int]:
+    """Every EOS id the model declares, the tokenizer's first: `tokenizer.eos_token_id`, then the ids of the model's
+    `generation_config.eos_token_id` and `config.eos_token_id` (each an int or a list). A response ends at the first of
+    any of them, in sampling, masks, `ended` and the reward position alike."""
+    found: list[int] = []
+
+    def add(x: Any) -> None:
+        for i in ([x] if isinstance(x, int) else list(x or [])):
+            if isinstance(i, int) and i not in found:
+                found.append(i)
+
+    add(tokenizer.eos_token_id)
+    if model is not None:
+        for m in model.modules():  # a peft / value-head wrapper holds the PreTrainedModel inside
+            if isinstance(m, PreTrainedModel):
+                add(getattr(getattr(m, "generation_config", None), "eos_token_id", None))
+                add(getattr(m.config.get_text_config(), "eos_token_id", None))
+                break
+    if not found:
+        raise ValueError("the tokenizer and the model declare no EOS token")
+    return found
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int | Sequence[int], pad_token_id: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, R) -> (ids with everything after the first EOS set to pad, mask True through the first EOS, ended (B,))."""
-    is_eos = response_ids == eos_token_id
+    """(B, R) -> (ids with everything after the first EOS set to pad, mask True through the first EOS, ended (B,)).
+    `eos_token_id` may be a list: the first of any of them ends the response."""
+    eos = torch.tensor(eos_list(eos_token_id), device=response_ids.device)
+    is_eos = torch.isin(response_ids, eos)
     # position of the first EOS, or R when there is none
     R = response_ids.shape[1]
     first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], R, dtype=torch.long))
@@ -78,22 +115,85 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_id: int, pad_token_
     return ids, mask, is_eos.any(1)
 
 
+def decode_responses(tokenizer: Any, batch: Batch, eos_token_id: int | Sequence[int]) -> list[str]:
+    """The text of each response: its real tokens without the EOS that ended it, special tokens skipped."""
+    eos = torch.tensor(eos_list(eos_token_id), device=batch.response_ids.device)
+    keep = batch.response_mask & ~torch.isin(batch.response_ids, eos)
+    return [tokenizer.decode(r[k], skip_special_tokens=True) for r, k in zip(batch.response_ids, keep)]
+
+
+def sampling_generation_config(*, max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                               eos_token_id: int | Sequence[int] | None, pad_token_id: int, min_new_tokens: int = 0,
+                               base: Any = None) -> Any:
+    """The complete `GenerationConfig` a sampling call runs with. base=None: built from these options only, so
+    nothing a checkpoint's `generation_config.json` sets (repetition_penalty, no_repeat_ngram_size, min_p,
+    typical_p, bad_words_ids, ...) changes the distribution; sampling is then softmax(logits / T), filtered only by
+    top-k / top-p / min length. base=the model's own config (`rlhf sample --use_model_generation_config`): its
+    settings, with these options on top."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig() if base is None else copy.deepcopy(base)
+    cfg.update(do_sample=True, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature,
+               top_p=top_p, top_k=top_k, pad_token_id=pad_token_id, use_cache=True, num_return_sequences=1,
+               eos_token_id=None if eos_token_id is None else eos_list(eos_token_id))
+    return cfg
+
+
+@contextlib.contextmanager
+def _only_this_generation_config(model: torch.nn.Module, use_model_config: bool):
+    """`generate` fills every option its `generation_config` argument leaves unset from `model.generation_config`
+    (transformers' `_prepare_generation_config`), so passing a config is not enough to keep a checkpoint's settings
+    out: while sampling, each PreTrainedModel in `model` (a peft or value-head wrapper holds one) gets a blank one."""
+    from transformers import GenerationConfig
+
+    if use_model_config:
+        yield
+        return
+    saved = [(m, m.generation_config) for m in model.modules()
+             if isinstance(m, PreTrainedModel) and getattr(m, "generation_config", None) is not None]
+    try:
+        for m, _ in saved:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, gc in saved:
+            m.generation_config = gc
+
+
+def model_generation_config(model: torch.nn.Module) -> Any:
+    """The checkpoint's own `generation_config` (of the PreTrainedModel inside any wrapper), or None."""
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            return getattr(m, "generation_config", None)
+    return None
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int, pad_token_id: int,
-             stop_at_eos: bool = True, min_new_tokens: int = 0, synced_gpus: bool = False) -> Batch:
-    """Sample one response per (left-padded) prompt row with the KV cache; responses cut after the first EOS.
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, eos_token_id: int | Sequence[int],
+             pad_token_id: int, stop_at_eos: bool = True, min_new_tokens: int = 0, synced_gpus: bool = False,
+             use_model_generation_config: bool = False) -> Batch:
+    """Sample one response per (left-padded) prompt row with the KV cache; responses cut after the first EOS (any of
+    `eos_token_id` when it is a list).
+
+    The distribution is softmax(logits / temperature) with only the top-k / top-p / min-length filters asked for:
+    the model's own `generation_config` is not applied (PPO scores the samples under exactly that distribution),
+    unless use_model_generation_config=True (`rlhf sample` / `rlhf eval` opt-in).
     synced_gpus: keep every process stepping until all are done (DeepSpeed ZeRO-3 gathers each layer's shards in a
     collective, so a process that stopped early would hang the others)."""
+    if use_model_generation_config and not stop_at_eos:
+        raise ValueError("stop_at_eos=False cannot be combined with the model's own generation config (its EOS ids "
+                         "would be filled back in)")
     was_training = model.training
     model.eval()
-    out = model.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-        do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
-        # stop_at_eos=False: fixed-length responses (benchmarks); the EOS id is still used for truncation
-        eos_token_id=eos_token_id if stop_at_eos else None, pad_token_id=pad_token_id, use_cache=True,
-        **({"synced_gpus": True} if synced_gpus else {}),
-    )
+    gen_cfg = sampling_generation_config(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        # stop_at_eos=False: fixed-length responses (benchmarks); the EOS ids are still used for truncation
+        eos_token_id=eos_token_id if stop_at_eos else None, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+        base=model_generation_config(model) if use_model_generation_config else None)
+    with _only_this_generation_config(model, use_model_generation_config):
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen_cfg,
+                             **({"synced_gpus": True} if synced_gpus else {}))
     if was_training:
         model.train()
     response = out[:, prompt_ids.shape[1]:]
@@ -103,7 +203,7 @@ def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torc
 
 def sample_with_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                          max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                         eos_token_id: int, pad_token_id: int, stop_at_eos: bool = True,
+                         eos_token_id: int | Sequence[int], pad_token_id: int, stop_at_eos: bool = True,
                          min_new_tokens: int = 0) -> Batch:
     """`generate`, plus the log-prob and entropy of every sampled token under softmax(logits / temperature), taken
     from the sampling step's own logits: PPO's rollout then needs no second policy forward.
@@ -130,7 +230,7 @@ def new_kv_cache(model: PreTrainedModel) -> object:
 
 
 def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-                 temperature: float, top_p: float, top_k: int, eos_token_id: int, pad_token_id: int,
+                 temperature: float, top_p: float, top_k: int, eos_token_id: int | Sequence[int], pad_token_id: int,
                  stop_at_eos: bool, min_new_tokens: int) -> tuple[torch.Tensor, ...]:
     from transformers.generation.logits_process import (
         LogitsProcessorList,
@@ -146,7 +246,7 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     # transformers' own processors, in generate's order, applied to z = logits / T (its temperature warper's output)
     processors = LogitsProcessorList()
     if min_new_tokens > 0:
-        processors.append(MinNewTokensLengthLogitsProcessor(P, min_new_tokens, eos_token_id, device=device))
+        processors.append(MinNewTokensLengthLogitsProcessor(P, min_new_tokens, eos_list(eos_token_id), device=device))
     if top_k > 0:
         processors.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
@@ -159,6 +259,7 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     input_ids = prompt_ids
     sequences = prompt_ids  # only the min-length processor reads it
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_list(eos_token_id), device=device)
     tokens, logps, ents = [], [], []
     for _ in range(max_new_tokens):
         out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, cache=cache, use_cache=True,
@@ -179,7 +280,7 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
         if min_new_tokens > 0:
             sequences = torch.cat([sequences, nxt[:, None]], dim=1)
         if stop_at_eos:
-            unfinished &= nxt != eos_token_id
+            unfinished &= ~torch.isin(nxt, eos)
             if not unfinished.any():
                 break
         input_ids = nxt[:, None]

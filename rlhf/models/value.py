@@ -11,17 +11,12 @@ from typing import Any
 
 import torch
 
-from rlhf.errors import UserError
-
 
 class PolicyWithValueHead(torch.nn.Module):
     def __init__(self, lm: Any):
         super().__init__()
         self.lm = lm
         cfg = self._base().config.get_text_config()
-        if getattr(cfg, "final_logit_softcapping", None):
-            raise UserError("config field 'shared_value_head': this model soft-caps its logits, which the shared "
-                            "head's direct lm_head call would skip; use a separate value model")
         self.v_head = torch.nn.Linear(cfg.hidden_size, 1)
         with torch.no_grad():  # a fresh value head starts at zero (lm-human-preferences)
             self.v_head.weight.zero_()
@@ -32,14 +27,26 @@ class PolicyWithValueHead(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
                 logits_to_keep: int = 0, use_cache: bool = False) -> SimpleNamespace:
-        """`.logits` (B, logits_to_keep or T, V) as the LM would give, and `.token_values` (B, T) float32."""
+        """`.logits` (B, logits_to_keep or T, V) exactly as the LM gives them, and `.token_values` (B, T) float32.
+
+        The logits come from the LM's own forward, so each family's output path applies (Granite's
+        `logits_scaling`, Cohere's `logit_scale`, Gemma 2's soft-capping, ...); the value head reads the backbone's
+        last hidden state, caught by a forward hook on the way (no second backbone pass)."""
         base = self._base()
-        hidden = getattr(base, base.base_model_prefix)(input_ids=input_ids, attention_mask=attention_mask,
-                                                       position_ids=position_ids, use_cache=False).last_hidden_state
-        kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        logits = base.get_output_embeddings()(kept)
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep_hidden(_module: Any, _args: Any, output: Any) -> None:
+            seen["h"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+        hook = getattr(base, base.base_model_prefix).register_forward_hook(keep_hidden)
+        try:
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False, logits_to_keep=logits_to_keep)
+        finally:
+            hook.remove()
+        hidden = seen["h"]
         values = self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
-        return SimpleNamespace(logits=logits, token_values=values)
+        return SimpleNamespace(logits=out.logits, token_values=values)
 
     def generate(self, *args: Any, **kw: Any) -> Any:
         return self.lm.generate(*args, **kw)

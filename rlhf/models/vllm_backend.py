@@ -38,7 +38,7 @@ _VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+\.")
 
 
-def outputs_to_batch(prompt_ids: list[list[int]], responses: list[list[int]], eos_token_id: int, pad_token_id: int,
+def outputs_to_batch(prompt_ids: list[list[int]], responses: list[list[int]], eos_token_id: int | list[int], pad_token_id: int,
                      device: str | torch.device = "cpu") -> Batch:
     """Prompt and response token lists -> `Batch`: prompts left-padded, responses right-padded to the longest (at
     least 1 column), cut after the first EOS; `ended` = the response holds an EOS."""
@@ -197,13 +197,17 @@ class VLLMSampler:
         self._llm.reset_prefix_cache()
 
     def sample(self, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-               top_p: float = 1.0, top_k: int = 0, eos_token_id: int, pad_token_id: int, stop_at_eos: bool = True,
-               min_new_tokens: int = 0, seed: int | None = None, device: str | torch.device | None = None) -> Batch:
+               top_p: float = 1.0, top_k: int = 0, eos_token_id: int | list[int], pad_token_id: int,
+               stop_at_eos: bool = True, min_new_tokens: int = 0, seed: int | None = None,
+               device: str | torch.device | None = None) -> Batch:
         """One response per prompt (token lists, no padding), as `generate` samples it: temperature, then top-k
-        (0 = off) and top-p; stop at `eos_token_id` unless stop_at_eos=False (then fixed-length responses, still cut
-        after the first EOS). `seed`: reproducible samples, independent of how prompts are batched."""
+        (0 = off) and top-p; stop at any of `eos_token_id` (an id or a list) unless stop_at_eos=False (then
+        fixed-length responses, still cut after the first EOS). `seed`: reproducible samples, independent of batching."""
         from vllm import SamplingParams
 
+        from rlhf.models.generation import eos_list
+
+        eos = eos_list(eos_token_id)
         longest = max(len(p) for p in prompt_ids)
         if longest + max_new_tokens > self.max_model_len:
             raise UserError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the vLLM "
@@ -211,7 +215,7 @@ class VLLMSampler:
         self._wake()
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
                                  max_tokens=max_new_tokens, min_tokens=min_new_tokens, ignore_eos=not stop_at_eos,
-                                 stop_token_ids=[eos_token_id] if stop_at_eos else None, detokenize=False,
+                                 stop_token_ids=eos if stop_at_eos else None, detokenize=False,
                                  seed=None if seed is None else _row_seed(seed, i))
                   for i in range(len(prompt_ids))]
         outputs = self._llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sampling_params=params,
@@ -221,7 +225,8 @@ class VLLMSampler:
             completion = out.outputs[0]
             ids = list(completion.token_ids)
             # the stop token is part of token_ids; should a version leave it out, put it back
-            if stop_at_eos and completion.finish_reason == "stop" and (not ids or ids[-1] != eos_token_id):
-                ids.append(eos_token_id)
+            if stop_at_eos and completion.finish_reason == "stop" and (not ids or ids[-1] not in eos):
+                stop = completion.stop_reason
+                ids.append(stop if isinstance(stop, int) and stop in eos else eos[0])
             responses.append(ids)
         return outputs_to_batch(prompt_ids, responses, eos_token_id, pad_token_id, device or self.device)

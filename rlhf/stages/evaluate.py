@@ -30,7 +30,7 @@ from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import console, progress, say, set_seed, write_summary
+from rlhf.stages.common import console, progress, say, set_seed, stage_outputs, write_summary
 from rlhf.stages.sample import encode_prompts
 
 DEFAULT_TEMPERATURE = 0.7  # PPO's default: eval samples the way the policy was trained to be sampled
@@ -59,6 +59,9 @@ class EvalConfig:
     batch_size: int = opt(32, "prompts generated and scored together")
     dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
     device: Device = opt("auto", "auto, cpu or cuda")
+    use_model_generation_config: bool = opt(False, "also apply each model's own generation_config.json "
+                                            "(repetition_penalty, ...) when sampling; off: softmax(logits / "
+                                            "temperature), the distribution the KL is measured under")
     reward_summary: str = opt("", "the reward stage's eval.json or summary.json (held-out RM accuracy, Bayes "
                               "accuracy); empty = look in --reward")
     label_db: str = opt("", "also add blind pairwise tasks (policy vs baseline, order randomised and recorded) to this "
@@ -92,8 +95,9 @@ class Responses:
     textblob: list[float] | None = None
 
 
+@stage_outputs(resolve=lambda cfg: resolve(cfg), out="dir")  # the resolved out, checked before any work
 def run(cfg: EvalConfig) -> Path:
-    from rlhf.models.generation import generate, left_pad
+    from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
     from rlhf.models.reward import load_reward_model
 
     # 0. defaults that come from the PPO run (baseline, reference, temperature, paths); the resolved config is saved
@@ -118,6 +122,8 @@ def run(cfg: EvalConfig) -> Path:
     check_tokenizers(tok, {"baseline": cfg.baseline, "ref": cfg.ref, "reward": reward.tokenizer_path}, cfg.policy)
     context = min(getattr(m.config.get_text_config(), "max_position_embeddings", None) or 10**9 for m in models.values())
     encoded = encode_prompts(rows, tok, cfg.prompts, context, cfg.max_new_tokens)
+    # a response ends at any EOS either model declares (they share one tokenizer)
+    eos_ids = list(dict.fromkeys(stop_token_ids(policy, tok) + stop_token_ids(baseline, tok)))
 
     # 2. sample both models with the same seed per chunk; score with the RM; KL of the policy's samples to the ref
     items = [(i, j) for i in range(len(rows)) for j in range(cfg.samples_per_prompt)]
@@ -133,15 +139,15 @@ def run(cfg: EvalConfig) -> Path:
                 # common random numbers: the pair differs only through the models, not through sampling noise
                 torch.manual_seed(cfg.seed * 1_000_003 + c)
                 b = generate(model, p_ids.to(device), p_mask.to(device), max_new_tokens=cfg.max_new_tokens,
-                             temperature=cfg.temperature, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                             temperature=cfg.temperature, eos_token_id=eos_ids, pad_token_id=tok.pad_token_id,
+                             use_model_generation_config=cfg.use_model_generation_config)
                 with torch.inference_mode():
                     scores, _ = reward(b.input_ids, b.attention_mask)
                 r = res[name]
                 r.reward += scores.float().cpu().tolist()
                 r.length += b.response_mask.sum(1).cpu().tolist()
                 r.ended += b.ended.cpu().tolist()
-                r.texts += [tok.decode(ids[m & (ids != tok.eos_token_id)], skip_special_tokens=True)
-                            for ids, m in zip(b.response_ids, b.response_mask)]
+                r.texts += decode_responses(tok, b, eos_ids)
                 if name == "policy":
                     k1, k3 = sequence_kl(policy, ref, b, cfg.temperature)
                     kl_k1 += k1.cpu().tolist()
@@ -297,7 +303,7 @@ def build_report(cfg: EvalConfig, res: dict[str, Responses], kl_k1: list[float],
         "n": {"prompts": n_prompts, "samples_per_prompt": cfg.samples_per_prompt, "pairs": n},
         "models": {"policy": cfg.policy, "baseline": cfg.baseline, "ref": cfg.ref, "reward": cfg.reward},
         "sampling": {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "top_p": 1.0,
-                     "top_k": 0, "seed": cfg.seed},
+                     "top_k": 0, "seed": cfg.seed, "use_model_generation_config": cfg.use_model_generation_config},
         "gold_judge": cfg.gold or None,
     }
 

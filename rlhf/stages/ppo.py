@@ -45,6 +45,7 @@ from rlhf.stages.common import (
     say,
     set_rng_state,
     set_seed,
+    stage_outputs,
     write_summary,
 )
 
@@ -71,7 +72,10 @@ class PPOConfig:
     top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off, the PPO default: samples must come from the policy)")
     top_k: int = opt(0, "top-k sampling (0 = off)")
     stop_at_eos: bool = opt(True, "stop generating a response at its first EOS (responses are cut there anyway)")
-    missing_eos_penalty: float | None = opt(None, "added to the score of a response without EOS, e.g. -1.0 (TRL)")
+    missing_eos_penalty: float | None = opt(None, "added to the score of a response without EOS: give a negative "
+                                            "number, e.g. -1.0 (TRL's missing_eos_penalty=1.0 is -1.0 here)")
+    missing_eos_score: float | None = opt(None, "replace the score of a response without EOS by this value, e.g. -1.0 "
+                                          "(lm-human-preferences' penalty_reward_value); not with missing_eos_penalty")
     # rewards and advantages
     kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive)")
     kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward: k1 (unbiased, standard), "
@@ -106,8 +110,12 @@ class PPOConfig:
     tensorboard: bool = opt(True, "also write TensorBoard logs to out/tb")
     seed: int = opt(0, "seed for prompt order and sampling")
     dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights of the trained models "
-                       "(fp16: CUDA only, with loss scaling); the frozen reference, reward model and LoRA base are "
-                       "stored in it; the saved policy is in it")
+                       "(fp16: CUDA only, with loss scaling); the frozen reward model and LoRA base are stored in "
+                       "it; the saved policy is in it")
+    ref_dtype: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "storage of a separate reference model (full fine-tune): auto = the policy's own compute path (fp32 "
+        "weights under the same autocast, so KL is exactly 0 at update 1); bf16/fp16 halve its memory at a small "
+        "KL offset from rounding (docs/ppo.md); with LoRA the reference is the policy's base, adapters off")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass of the policy and value "
                                        "models (less memory, ~30% slower training; generation is unaffected)")
     load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
@@ -132,6 +140,12 @@ class PPOConfig:
         check(self.temperature > 0, "temperature", "must be > 0", "use e.g. 0.7; greedy decoding cannot be trained")
         check(0 < self.top_p <= 1, "top_p", f"{self.top_p} outside (0, 1]", "use 1.0")
         check(self.kl_coef >= 0, "kl_coef", "must be >= 0", "use e.g. 0.05")
+        check(self.missing_eos_penalty is None or self.missing_eos_penalty <= 0, "missing_eos_penalty",
+              f"{self.missing_eos_penalty} would reward responses that never end (it is added to their score)",
+              f"give a negative number, e.g. --missing_eos_penalty {-abs(self.missing_eos_penalty or 1.0)} (TRL "
+              "subtracts its positive value; here the sign is part of the number)")
+        check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
+              "both missing_eos_penalty and missing_eos_score are set", "use one: a penalty added, or a fixed score")
         check(self.ppo_epochs >= 1 and self.num_minibatches >= 1 and self.grad_accum >= 1, "ppo_epochs",
               "ppo_epochs, num_minibatches and grad_accum must be >= 1", "set them to 1 or more")
         check(self.rollout_batch_size % self.num_minibatches == 0, "rollout_batch_size",
@@ -149,6 +163,7 @@ class PPOConfig:
               "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
 
 
+@stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 def run(cfg: PPOConfig) -> Path:
     from rlhf.models.precision import (
         check_generation_backend,
@@ -191,15 +206,19 @@ def run(cfg: PPOConfig) -> Path:
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
     total_opt_steps = cfg.updates * cfg.ppo_epochs * cfg.num_minibatches
     value_lr = cfg.value_lr or cfg.lr
-    if m.value is None:  # shared backbone: one optimiser, the value head at the value learning rate
+    # one optimiser, two parameter groups: the policy at lr, the value function (its own model, or the head on the
+    # policy's backbone) at value_lr. One, not two: accelerate's fp16 loss scaler unscales every prepared optimiser
+    # in clip_grad_norm_ and resets its state in each optimiser's step(), so with two the second model's gradients
+    # were unscaled twice (a 1/scale step). Adam is per parameter, so the update is the same as two optimisers'.
+    if m.value is None:
         head = set(m.policy.v_head.parameters())
-        groups = [{"params": [p for p in m.policy.parameters() if p.requires_grad and p not in head], "lr": cfg.lr},
-                  {"params": list(head), "lr": value_lr}]
-        optimizers = [make_optimizer(torch.optim.Adam, groups, eps=cfg.adam_eps)]
+        value_params = list(head)
+        policy_params = [p for p in m.policy.parameters() if p.requires_grad and p not in head]
     else:
-        optimizers = [make_optimizer(torch.optim.Adam, [p for p in m.policy.parameters() if p.requires_grad],
-                                     lr=cfg.lr, eps=cfg.adam_eps),
-                      make_optimizer(torch.optim.Adam, m.value.parameters(), lr=value_lr, eps=cfg.adam_eps)]
+        value_params = list(m.value.parameters())
+        policy_params = [p for p in m.policy.parameters() if p.requires_grad]
+    optimizers = [make_optimizer(torch.optim.Adam, [{"params": policy_params, "lr": cfg.lr},
+                                                    {"params": value_params, "lr": value_lr}], eps=cfg.adam_eps)]
 
     def lr_lambda(step: int) -> float:
         return 1.0 if cfg.lr_schedule == "constant" else max(0.0, 1.0 - step / total_opt_steps)
@@ -221,6 +240,10 @@ def run(cfg: PPOConfig) -> Path:
         acc.unwrap_model(m.policy).load_state_dict(load_checkpoint_file(ckpt / "policy.pt"), strict=False)
         if m.value is not None:
             acc.unwrap_model(m.value).load_state_dict(load_checkpoint_file(ckpt / "value.pt"))
+        if len(state["optimizers"]) != len(s.optimizers):
+            raise UserError(f"{ckpt}: this checkpoint holds {len(state['optimizers'])} optimiser states and this "
+                            f"version of rlhf keeps {len(s.optimizers)} (one for the policy and the value function); "
+                            "it cannot be resumed exactly: start the run again without --resume")
         for o, st in zip(s.optimizers, state["optimizers"]):
             o.load_state_dict(st)
         for sc, st in zip(s.schedulers, state["schedulers"]):
@@ -303,7 +326,7 @@ def run(cfg: PPOConfig) -> Path:
 def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[list[int]], local_batch: int,
                gen_chunk: int, out: Path) -> dict[str, float]:
     """One PPO update. Returns the logged metrics (reduced over processes)."""
-    from rlhf.models.generation import generate, left_pad, response_forward, sample_with_logprobs
+    from rlhf.models.generation import decode_responses, generate, left_pad, response_forward, sample_with_logprobs
 
     t0 = time.perf_counter()
     device = acc.device
@@ -313,8 +336,9 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     # 1. rollout: this process's prompts; each chunk seeded by (seed, update, chunk) -> independent of process count
     idx = prompt_indices(update, cfg.rollout_batch_size, len(prompts), cfg.seed)
     idx = idx[acc.process_index * local_batch:(acc.process_index + 1) * local_batch]
+    # an explicit, complete sampling config (nothing from the checkpoint's generation_config); every declared EOS
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, stop_at_eos=cfg.stop_at_eos)
+              eos_token_id=s.m.eos_ids, pad_token_id=tok.pad_token_id, stop_at_eos=cfg.stop_at_eos)
     seed = cfg.seed * 1_000_003 + update * 10_007
     chunks = []
     if s.vllm is not None:  # the policy's current weights into the engine, then the whole batch in one call
@@ -336,13 +360,16 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     # 2. score, and 3. log-probs (same temperature as sampling) and values, all without autograd
     with torch.inference_mode():
         scores, member_scores = reward(batch.input_ids, batch.attention_mask)
-        if cfg.missing_eos_penalty is not None:
+        if cfg.missing_eos_penalty is not None:  # TRL: score - penalty; here the (negative) number is added
             scores = torch.where(batch.ended, scores, scores + cfg.missing_eos_penalty)
+        if cfg.missing_eos_score is not None:  # lm-human-preferences: a fixed score for a response cut off
+            scores = torch.where(batch.ended, scores, torch.full_like(scores, cfg.missing_eos_score))
         if s.sampler_logprobs:
             old_logp, entropy, old_values = batch.logprobs, batch.entropy, None
         else:  # one more policy forward over the rollout (it also gives the shared head's values)
             old_logp, entropy, old_values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True)
-        with _reference(ref, unwrapped):
+        # the reference under the policy's autocast: same weights, same compute path -> KL 0 before the first step
+        with _reference(ref, unwrapped), acc.autocast():
             ref_logp, _, _ = response_forward(ref if ref is not None else unwrapped, batch, cfg.temperature)
         if value is not None:
             old_values = response_values(acc.unwrap_model(value), batch)
@@ -367,6 +394,7 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         if model is not None:
             model.train()  # dropout is off (see disable_dropout); train() only matters for layers that check it
     acc_stats: dict[str, list[float]] = {}
+    diff_sum, diff_n, diff_max = 0.0, 0.0, 0.0  # |training - rollout log-prob| before the first optimiser step
     early_stopped = 0
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + update)
     for _epoch in range(cfg.ppo_epochs):
@@ -383,6 +411,10 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
                 w = m_.sum().float() / n_tokens * acc.num_processes
                 logp, ent, values = response_forward(policy, sub, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
                 pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[ix], advantages[ix], m_, cfg.cliprange)
+                if _epoch == 0 and mb_start == 0:  # no step yet: any gap is sampler/trainer mismatch
+                    d = (logp.detach() - old_logp[ix]).abs()[m_]
+                    diff_sum, diff_n = diff_sum + float(d.sum()), diff_n + d.numel()
+                    diff_max = max(diff_max, float(d.max()) if d.numel() else 0.0)
                 if value is not None:
                     values = response_values(value, sub)
                 vf_loss, vf_stats = ppo_value_loss(values, old_values[ix], returns[ix], m_, cfg.cliprange_value)
@@ -397,9 +429,8 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
                     acc_stats.setdefault(k, []).append(float(v) * float(w) / acc.num_processes)
                 acc_stats.setdefault("policy/ratio_max", []).append(float(pg_stats["ratio_max"]))
                 epoch_kl.append(float(pg_stats["approxkl"]) * float(w) / acc.num_processes)
-            for model, opt_, sched in zip([x for x in (policy, value) if x is not None], s.optimizers, s.schedulers):
-                if cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            clip_each(acc, [x for x in (policy, value) if x is not None], cfg.max_grad_norm)
+            for opt_, sched in zip(s.optimizers, s.schedulers):
                 opt_.step()
                 sched.step()
                 opt_.zero_grad(set_to_none=True)
@@ -417,8 +448,7 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     mean_kl = _global_mean(seq_kl, acc)
     s.kl_ctl.update(mean_kl, cfg.rollout_batch_size)
     ev = _explained_variance(old_values, returns, mask, acc)
-    texts = [tok.decode(r[m_ & (r != tok.eos_token_id)], skip_special_tokens=True)
-             for r, m_ in zip(batch.response_ids, mask)]
+    texts = decode_responses(tok, batch, s.m.eos_ids)
     stats = {
         "step": update,
         "objective/scores": _global_mean(scores, acc),
@@ -435,6 +465,9 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         "response/length_mean": _global_mean(mask.sum(1).float(), acc),
         "response/eos_fraction": _global_mean(batch.ended.float(), acc),
         "policy/early_stopped": early_stopped,
+        "rollout/logprob_diff_mean": _global_sum(torch.tensor(diff_sum), acc) / max(1.0, _global_sum(
+            torch.tensor(diff_n), acc)),
+        "rollout/logprob_diff_max": float(acc.gather(torch.tensor([diff_max], device=device)).max()),
         "lr/policy": s.schedulers[0].get_last_lr()[0],
         "lr/value": s.schedulers[-1].get_last_lr()[-1],
     }
@@ -470,6 +503,7 @@ class Models:
     reward: Any
     value: Any  # a PerTokenScalar; None with shared_value_head
     context: int | None
+    eos_ids: list[int]  # every EOS id the policy declares (tokenizer's first): a response ends at any of them
 
 
 @dataclass
@@ -485,6 +519,7 @@ class State:
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     from rlhf.models.dropout import disable_dropout
+    from rlhf.models.generation import stop_token_ids
     from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
     from rlhf.models.reward import load_reward_model
@@ -516,7 +551,10 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
     else:
-        ref = load_causal_lm(cfg.ref or cfg.policy, cfg.dtype).to(device).eval().requires_grad_(False)
+        # auto: stored like the policy's master weights (fp32) and run under the same autocast, so that before the
+        # first step the reference's log-probs are the policy's bit for bit (a bf16 copy is off by rounding)
+        ref_dtype = "fp32" if cfg.ref_dtype == "auto" else cfg.ref_dtype
+        ref = load_causal_lm(cfg.ref or cfg.policy, ref_dtype).to(device).eval().requires_grad_(False)
     if cfg.shared_value_head:
         from rlhf.models.value import PolicyWithValueHead
 
@@ -525,7 +563,7 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
         if model is not None:
             disable_dropout(model)
     reward.eval().requires_grad_(False)
-    return Models(tok, policy, ref, reward, value, context)
+    return Models(tok, policy, ref, reward, value, context, stop_token_ids(policy, tok))
 
 
 def save_models(cfg: PPOConfig, acc: Any, m: Models, out: Path) -> None:
@@ -603,6 +641,21 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, acc: Any, shift_mean: boo
     if not shift_mean:
         out = out + mean
     return out * mask
+
+
+def clip_each(acc: Any, models: list[Any], max_norm: float) -> None:
+    """Clip each model's gradient norm to max_norm on its own (0 = off), unscaling fp16 gradients exactly once.
+    accelerate's clip_grad_norm_ unscales every prepared optimiser each time it is called, so it serves one model;
+    for two, the loss scaler unscales once and torch clips each model's (already unscaled) gradients."""
+    if max_norm <= 0:
+        return
+    if len(models) == 1 or acc.distributed_type.name in ("FSDP", "DEEPSPEED"):  # the engine's own clipping
+        for model in models:
+            acc.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    acc.unscale_gradients()  # a no-op unless fp16 loss scaling is on
+    for model in models:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 def _global_sum(x: torch.Tensor, acc: Any) -> float:

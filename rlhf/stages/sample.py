@@ -3,7 +3,8 @@
     rlhf sample --model runs/x/sft --prompts runs/x/data/prompts_train.jsonl --k 4 --out runs/x/samples.jsonl
 
 Each output row: {prompt_id, prompt, responses: [K strings], ended: [K bools: the response emitted EOS],
-model, sampling: {temperature, top_p, top_k, max_new_tokens, seed}}.
+model, sampling: {temperature, top_p, top_k, max_new_tokens, seed, eos_token_ids, use_model_generation_config,
+model_generation_config (only when used)}}. By default the model's own generation_config.json is not applied.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rlhf.config import Device, Dtype, check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import progress, say, set_seed
+from rlhf.stages.common import progress, say, set_seed, stage_outputs
 
 
 @dataclass
@@ -39,6 +40,10 @@ class SampleConfig:
     seed: int = opt(0, "sampling seed")
     dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
     device: Device = opt("auto", "auto, cpu or cuda")
+    use_model_generation_config: bool = opt(False, "also apply the model's own generation_config.json (e.g. its "
+                                            "repetition_penalty, no_repeat_ngram_size, min_p); off: the samples come "
+                                            "from softmax(logits / temperature) with only top_k/top_p, as PPO scores "
+                                            "them; the choice and the settings used are written to each row")
 
     def validate(self) -> None:
         check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")
@@ -52,8 +57,9 @@ class SampleConfig:
         check(self.batch_size >= 1, "batch_size", "must be >= 1", "use 1 or more")
 
 
+@stage_outputs(out="file")  # checked before any sampling: a folder or read-only path fails now, not at the end
 def run(cfg: SampleConfig) -> Path:
-    from rlhf.models.generation import generate, left_pad
+    from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
     from rlhf.models.loading import load_causal_lm, load_tokenizer
 
     out = Path(cfg.out)
@@ -73,6 +79,7 @@ def run(cfg: SampleConfig) -> Path:
     model = load_causal_lm(cfg.model, cfg.dtype).to(device).eval()
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     encoded = encode_prompts(rows, tokenizer, cfg.prompts, context, cfg.max_new_tokens)
+    eos_ids = stop_token_ids(model, tokenizer)  # every EOS the model declares ends a response
 
     # 2. generate K per prompt in batches of whole rows; prompts sorted by length to keep padding small
     flat = [(i, j) for i in sorted(range(len(rows)), key=lambda i: len(encoded[i])) for j in range(cfg.k)]
@@ -85,18 +92,20 @@ def run(cfg: SampleConfig) -> Path:
             chunk = flat[start: start + cfg.batch_size]
             ids, mask = left_pad([encoded[i] for i, _ in chunk], tokenizer.pad_token_id)
             b = generate(model, ids.to(device), mask.to(device), max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, eos_token_id=eos_ids,
+                         pad_token_id=tokenizer.pad_token_id, use_model_generation_config=cfg.use_model_generation_config)
             n_tokens += int(b.response_mask.sum())
-            for row, (i, j) in enumerate(chunk):
-                keep = b.response_mask[row] & (b.response_ids[row] != tokenizer.eos_token_id)
-                responses[i][j] = tokenizer.decode(b.response_ids[row][keep], skip_special_tokens=True)
+            for row, ((i, j), text) in enumerate(zip(chunk, decode_responses(tokenizer, b, eos_ids))):
+                responses[i][j] = text
                 ended[i][j] = bool(b.ended[row])
             bar.update(task, advance=len(chunk), info=f"{n_tokens / (time.perf_counter() - t0):.0f} tok/s")
 
     # 3. write atomically
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "eos_token_ids": eos_ids,
+                "use_model_generation_config": cfg.use_model_generation_config}
+    if cfg.use_model_generation_config:  # what the model's own config added (the options above override it)
+        sampling["model_generation_config"] = model_generation_settings(model)
     lines = []
     for i, r in enumerate(rows):
         lines.append(json.dumps({"prompt_id": str(r.get("prompt_id", i)), "prompt": r["prompt"],
@@ -131,3 +140,12 @@ def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, source: str, cont
                             f"exceeds the model's context of {context}; shorten the prompt or lower max_new_tokens")
         encoded.append(ids)
     return encoded
+
+
+def model_generation_settings(model: Any) -> dict[str, Any]:
+    """The non-default settings of the model's own generation config (what --use_model_generation_config applies)."""
+    from rlhf.models.generation import model_generation_config
+
+    gc = model_generation_config(model)
+    return {} if gc is None else {k: v for k, v in gc.to_diff_dict().items() if not k.startswith("_")
+                                  and k != "transformers_version"}
