@@ -1,33 +1,37 @@
 """The labeling web app: server-rendered pages for people, a JSON API for scripts.
 
 Pages sign in with a one-time invite link and then use a signed HttpOnly, SameSite=Lax session cookie (Secure when
-served over https); every form carries the session's CSRF token. The API (`/api/...`) takes only
-`Authorization: Bearer TOKEN`, never the cookie, so it needs no CSRF token. Every judgment is one transaction in
-the store and is idempotent by `client_id`.
+served over https) naming a server-side session (logout and `rlhf label revoke` end it); every form carries the
+session's CSRF token and must come from our own origin (`Sec-Fetch-Site` / `Origin`). The API (`/api/...`) takes
+only `Authorization: Bearer TOKEN`, never the cookie, so it needs no CSRF token. Every judgment is one transaction
+in the store and is idempotent by `client_id`.
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the Annotated[..., Depends(closure)] hints.
 import json
-from pathlib import Path
+from datetime import timedelta
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
+from rlhf.errors import UserError
 from rlhf.labeling import agreement
 from rlhf.labeling.export import build_export
-from rlhf.labeling.security import LimitsAndHeaders, RateLimiter, Sessions, csrf_ok
-from rlhf.labeling.store import FLAGS, Answer, Shown, Store, StoreError, UserInfo
+from rlhf.labeling.security import LimitsAndHeaders, RateLimiter, Sessions, csrf_ok, install_log_redaction, same_origin
+from rlhf.labeling.store import FLAGS, MAX_ID, Answer, Shown, Store, StoreError, UserInfo
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 COOKIE = "rlhf_session"
+Id = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]  # the INTEGER columns' range: larger values are refused with 422
 
 
 class PageError(Exception):
@@ -56,16 +60,16 @@ class JudgmentIn(BaseModel):
         },
     )
 
-    assignment_id: int = Field(description="from GET /api/tasks/next")
+    assignment_id: Id = Field(description="from GET /api/tasks/next")
     client_id: str = Field(min_length=1, max_length=100, description="your id for this submission (idempotency)")
     choice: Literal["A", "B", "tie", "both_bad"] | None = Field(None, description="pairwise: A = first shown")
     strength: Literal["much_better", "better", "slightly_better"] | None = Field(None, description="with A or B")
-    ranks: list[int] | None = Field(None, max_length=9, description="ranking: rank per shown response, 1 = best")
+    ranks: list[StrictInt] | None = Field(None, max_length=9, description="ranking: rank per shown response, 1 = best")
     skip_reason: str | None = Field(None, max_length=500)
     flag: Literal["unsafe", "broken"] | None = None
     note: str | None = Field(None, max_length=1000)
-    time_spent_ms: int = Field(0, ge=0, le=86_400_000)
-    supersedes: int | None = Field(None, description="judgment id this answer corrects")
+    time_spent_ms: StrictInt = Field(0, ge=0, le=86_400_000)
+    supersedes: Id | None = Field(None, description="judgment id this answer corrects")
 
 
 class JudgmentOut(BaseModel):
@@ -98,8 +102,19 @@ def create_app(
     max_body_bytes: int = 64 * 1024,
     session_days: int = 14,
 ) -> FastAPI:
-    """The app. secure_cookies=None: Secure cookies when the request came over https (use uvicorn's
-    --proxy-headers behind a TLS proxy)."""
+    """The app. secure_cookies=None: Secure cookies when the request came over https (behind a TLS proxy, serve
+    with --trusted-proxy so its X-Forwarded-Proto counts)."""
+    if not 0.0 <= gold_rate <= 1.0:
+        raise UserError(f"--gold-rate must be a probability in [0, 1], got {gold_rate}")
+    if max_body_bytes < 1024:
+        raise UserError(f"--max-body-kb must be >= 1, got {max_body_bytes / 1024:g}")
+    if rate_per_s < 0:
+        raise UserError(f"--rate-limit must be >= 0 requests per second (0: off), got {rate_per_s}")
+    if burst < 1:
+        raise UserError(f"--burst must be >= 1, got {burst}")
+    if session_days < 1:
+        raise UserError(f"session_days must be >= 1, got {session_days}")
+    install_log_redaction()  # invite tokens are in request paths: keep them out of uvicorn's logs
     app = FastAPI(
         title="rlhf labeling",
         description="Preference collection. Scripts authenticate with `Authorization: Bearer TOKEN` "
@@ -111,7 +126,6 @@ def create_app(
     templates = Jinja2Templates(env=env)
     sessions = Sessions(secret, session_days * 86400)
     limiter = RateLimiter(rate_per_s, burst)
-    token_cache: dict[str, UserInfo] = {}
     bearer = HTTPBearer(auto_error=False, description="API token printed by `rlhf label add-user`")
 
     def limit(key: Any) -> None:
@@ -145,15 +159,18 @@ def create_app(
 
     # -- who is asking ---------------------------------------------------------------------------------------
 
-    def api_user(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> UserInfo:
+    def address(request: Request) -> Any:
+        # The peer address; uvicorn replaces it with X-Forwarded-For only from a --trusted-proxy.
+        return ("ip", request.client.host if request.client else "?")
+
+    def api_user(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> UserInfo:
         if creds is None or creds.scheme.lower() != "bearer":
+            limit(address(request))  # anonymous and failed requests count against the client address
             raise HTTPException(401, "missing token: send Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"})
-        user = token_cache.get(creds.credentials)
+        # Looked up on every request (no cache): a revoked token or a deactivated user stops working at once.
+        user = store.user_by_api_token(creds.credentials)
         if user is None:
-            user = store.user_by_api_token(creds.credentials)
-            if user is not None:
-                token_cache[creds.credentials] = user  # users are never deleted or re-roled, so caching is safe
-        if user is None:
+            limit(address(request))
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
         limit(user.id)
         return user
@@ -165,8 +182,9 @@ def create_app(
 
     def session_user(request: Request) -> tuple[UserInfo, str]:
         data = sessions.read(request.cookies.get(COOKIE))
-        user = store.get_user(data["u"]) if data else None
+        user = store.session_user(data["s"]) if data else None
         if user is None:
+            limit(address(request))
             raise PageError(
                 401, "You are not signed in. Open your invite link (an admin makes one with `rlhf label invite NAME`)."
             )
@@ -179,7 +197,12 @@ def create_app(
             raise PageError(403, "This page is for admins.")
         return user, csrf
 
+    def check_origin(request: Request) -> None:
+        if not same_origin(request.headers):
+            raise PageError(403, "Cross-site request refused: use the form on this site's own page.")
+
     async def checked_form(request: Request, csrf: str) -> Any:
+        check_origin(request)
         form = await request.form()
         if not csrf_ok(csrf, form.get("csrf_token")):
             raise PageError(403, "Missing or invalid CSRF token: reload the page and try again.")
@@ -201,7 +224,7 @@ def create_app(
 
     @app.get("/invite/{token}", include_in_schema=False)
     def invite_page(request: Request, token: str) -> HTMLResponse:
-        limit(("ip", request.client.host if request.client else "?"))
+        limit(address(request))
         user = store.invite_user(token)
         if user is None:
             raise PageError(403, "This invite link is invalid, used or expired. Ask an admin for a new one.")
@@ -210,14 +233,18 @@ def create_app(
 
     @app.post("/invite/{token}", include_in_schema=False)
     async def invite_sign_in(request: Request, token: str) -> Response:
-        limit(("ip", request.client.host if request.client else "?"))
+        limit(address(request))
+        # Login CSRF: the HMAC below proves the form came from the invite page, but an attacker can load their own
+        # invite page and post it from their site, signing the victim in as the attacker. Same-origin only.
+        check_origin(request)
         form = await request.form()
         if not csrf_ok(sessions.invite_csrf(token), form.get("csrf_token")):
             raise PageError(403, "Missing or invalid CSRF token: open the invite link again.")
         user = await run_in_threadpool(store.redeem_invite, token)
         if user is None:
             raise PageError(403, "This invite link is invalid, used or expired. Ask an admin for a new one.")
-        value, _ = sessions.new(user.id)
+        session = await run_in_threadpool(store.create_session, user.id, timedelta(seconds=sessions.max_age_s))
+        value, _ = sessions.new(session)
         resp = RedirectResponse("/admin" if user.role == "admin" else "/label", status_code=303)
         resp.set_cookie(
             COOKIE, value, max_age=sessions.max_age_s, httponly=True, samesite="lax", secure=secure(request), path="/"
@@ -228,6 +255,7 @@ def create_app(
     async def logout(request: Request) -> Response:
         _user, csrf = await run_in_threadpool(session_user, request)
         await checked_form(request, csrf)
+        await run_in_threadpool(store.end_session, sessions.read(request.cookies.get(COOKIE))["s"])
         resp = page(request, "error.html", 200, status=200, message="Signed out.")
         resp.delete_cookie(COOKIE, path="/")
         return resp
@@ -254,7 +282,11 @@ def create_app(
         return page(request, "label_pairwise.html" if shown.kind == "pairwise" else "label_ranking.html", **ctx)
 
     @app.get("/label", include_in_schema=False)
-    def label(request: Request, saved: int | None = None, sup: int | None = None) -> Response:
+    def label(
+        request: Request,
+        saved: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+        sup: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+    ) -> Response:
         user, csrf = session_user(request)
         if user.role not in ("labeler", "admin"):
             raise PageError(403, "This account cannot label.")
@@ -262,7 +294,7 @@ def create_app(
         return label_page(request, user, csrf, shown, saved, sup)
 
     @app.get("/label/{assignment_id}", include_in_schema=False)
-    def label_again(request: Request, assignment_id: int) -> Response:
+    def label_again(request: Request, assignment_id: Annotated[int, Path(ge=0, le=MAX_ID)]) -> Response:
         user, csrf = session_user(request)
         return label_page(request, user, csrf, store.get_shown(user.id, assignment_id), None, None)
 
@@ -338,42 +370,50 @@ def create_app(
 
 
 def answer_from_form(form: Any) -> Answer:
-    def num(name: str, default: int | None = None) -> int | None:
+    def text(name: str) -> str:
         value = form.get(name)
-        if value in (None, ""):
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise StoreError(f"{name} must be an integer, got {value!r}", name) from None
+        if value is None:
+            return ""
+        if not isinstance(value, str):  # a file upload: refuse it rather than store its repr
+            raise StoreError(f"{name} must be a text field, not a file", name)
+        return value
 
-    action = form.get("action") or "answer"
+    def num(name: str, default: int | None = None, value: Any = None) -> int | None:
+        value = text(name) if value is None else value
+        if value == "":
+            return default
+        if not isinstance(value, str):
+            raise StoreError(f"{name} must be a text field, not a file", name)
+        try:
+            n = int(value)
+        except ValueError:
+            raise StoreError(f"{name} must be an integer, got {value[:50]!r}", name) from None
+        if not 0 <= n <= MAX_ID:
+            raise StoreError(f"{name} must be an integer 0..{MAX_ID}, got {value[:50]}", name)
+        return n
+
+    action = text("action") or "answer"
     ans = Answer(
         assignment_id=num("assignment_id") or 0,
-        client_id=str(form.get("client_id") or ""),
-        time_spent_ms=min(max(num("time_spent_ms", 0) or 0, 0), 86_400_000),
+        client_id=text("client_id"),
+        time_spent_ms=min(num("time_spent_ms", 0) or 0, 86_400_000),
         supersedes=num("supersedes"),
     )
     if action == "skip":
-        ans.skip_reason = str(form.get("skip_reason") or "").strip() or "no reason given"
+        ans.skip_reason = text("skip_reason").strip() or "no reason given"  # the form's Skip button needs no reason
     elif action == "flag":
-        ans.flag = str(form.get("flag") or "")
-        ans.note = str(form.get("note") or "")
+        ans.flag = text("flag")
+        ans.note = text("note")
     elif form.getlist("rank"):
         ranks = form.getlist("rank")
         if any(r == "" for r in ranks):
             raise StoreError("give every response a rank (1 = best; equal ranks for ties)", "ranks")
-        ans.ranks = [num_str(r) for r in ranks]
+        ans.ranks = [num("ranks", value=r) for r in ranks]
     else:
-        ans.choice = str(form.get("choice") or "") or None
-        ans.strength = str(form.get("strength") or "") or None
+        ans.choice = text("choice") or None
+        # The strength radios are always on the page: they belong to the answer only with A or B.
+        ans.strength = (text("strength") or None) if ans.choice in ("A", "B") else None
+        ans.note = text("note") or None
         if ans.choice is None:
             raise StoreError("choose which response is better (or tie / both bad)", "choice")
     return ans
-
-
-def num_str(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise StoreError(f"ranks must be integers, got {value!r}", "ranks") from None

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         return p
 
     p = cmd("add-tasks", "turn `rlhf sample` output (SAMPLES.jsonl) into labeling tasks", add_tasks)
-    p.add_argument("samples", type=Path, help="JSONL rows {prompt_id, prompt, responses: [...], model, sampling}")
+    p.add_argument("samples", type=Path, help="JSONL rows {prompt_id, prompt, responses: [...], ended: [...], model, sampling}")
     p.add_argument("--kind", choices=("pairwise", "ranking"), default="pairwise", help="task kind (default pairwise)")
     p.add_argument("--overlap", type=int, default=1, help="distinct labelers per task (default 1)")
     p.add_argument(
@@ -46,9 +46,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--role", choices=("labeler", "admin"), default="labeler")
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="where `serve` is reachable (for the link)")
 
-    p = cmd("invite", "print a new one-time invite link for an existing user", invite)
+    p = cmd("invite", "print a new one-time invite link for an existing user (older unused links stop working)", invite)
     p.add_argument("name")
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
+
+    p = cmd("revoke", "end a user's browser sessions and/or void their API token and unused invites", revoke)
+    p.add_argument("name")
+    p.add_argument("--sessions", action="store_true", help="end every signed-in browser of the user")
+    p.add_argument("--tokens", action="store_true", help="void the API token and unused invite links")
+    p.add_argument("--new-token", action="store_true", help="with --tokens: print a replacement API token")
+    p.add_argument("--deactivate", action="store_true", help="also deactivate the user (no sign-in, no API) until "
+                   "`rlhf label activate`")  # fmt: skip
+
+    p = cmd("activate", "re-activate a deactivated user (then send them a new invite)", activate)
+    p.add_argument("name")
 
     p = cmd("serve", "serve the labeling web app and JSON API", serve)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
@@ -70,7 +81,15 @@ def register(subparsers: Any) -> None:
         help="force Secure cookies on/off (default: when the request came over https)",
     )
     p.add_argument("--max-body-kb", type=int, default=64, help="largest request body accepted (KiB)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--trusted-proxy",
+        default=None,
+        metavar="ADDRS",
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto are believed (default: none, "
+        "so clients cannot pick their own address for the rate limiter)",
+    )
+    # No "trace": uvicorn's trace level logs whole request scopes, headers included (cookies, bearer tokens).
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
     p = cmd("simulate", "let simulated labelers (gold judge + Bradley-Terry noise) answer the open tasks", simulate)
     p.add_argument("--samples", type=Path, default=None, help="first add tasks from this SAMPLES.jsonl (as add-tasks)")
@@ -101,13 +120,15 @@ def register(subparsers: Any) -> None:
     p = cmd("stats", "print progress and agreement as JSON", stats)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, *, create: bool = True) -> Any:
+    """The store of --db. create=False for commands that only read (or need existing users): a typo'd --db is then
+    an error instead of a new empty database."""
     from sqlalchemy.engine import make_url
 
     from rlhf.labeling.store import Store
 
     try:
-        return Store(args.db)
+        return Store(args.db, create=create)
     except UserError:
         raise
     except Exception as e:  # a bad URL or an unreachable server: one line naming the cause
@@ -125,11 +146,14 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
 
     if not path.exists():
         raise UserError(f"{path}: not found")
-    specs, errors, unpaired = [], [], 0
-    with path.open(encoding="utf-8") as f:
+    specs, errors, unpaired, rows = [], [], 0, 0
+    from rlhf.io import open_text
+
+    with open_text(path) as f:  # a folder or non-UTF-8 bytes: one line naming the file
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            rows += 1
             where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
@@ -140,7 +164,7 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
             if problem:
                 errors.append(f"{where}: {problem}")
                 continue
-            responses, gold = row["responses"], row.get("gold_ranks")
+            responses, gold, ended = row["responses"], row.get("gold_ranks"), row.get("ended")
             source = {k: row[k] for k in ("prompt_id", "model", "sampling") if k in row}
             source |= {"file": path.name, "line": lineno}
             if kind == "ranking":
@@ -150,7 +174,7 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
                         f"{MAX_RANKING}; use --kind pairwise"
                     )
                     continue
-                specs.append(TaskSpec("ranking", row["prompt"], responses, source, overlap, gold))
+                specs.append(TaskSpec("ranking", row["prompt"], responses, source, overlap, gold, ended))
                 continue
             if pairs == "all":
                 index_pairs = list(itertools.combinations(range(len(responses)), 2))
@@ -160,11 +184,15 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
             for i, j in index_pairs:
                 g = [gold[i], gold[j]] if gold else None
                 g = [1 + (g[1] < g[0]), 1 + (g[0] < g[1])] if g else None  # re-rank within the pair
+                e = [ended[i], ended[j]] if ended is not None else None
                 specs.append(
                     TaskSpec(
-                        "pairwise", row["prompt"], [responses[i], responses[j]], source | {"response_indices": [i, j]}, overlap, g
+                        "pairwise", row["prompt"], [responses[i], responses[j]], source | {"response_indices": [i, j]},
+                        overlap, g, e,
                     )
-                )
+                )  # fmt: skip
+    if rows == 0:
+        raise UserError(f"{path}: no rows (the file is empty); write it with `rlhf sample`")
     return specs, errors, unpaired
 
 
@@ -185,6 +213,13 @@ def _check_sample(row: Any) -> str | None:
         or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= len(responses) for r in gold)
     ):
         return "field 'gold_ranks': expected one rank (1 = best) per response"
+    ended = row.get("ended")
+    if ended is not None and (
+        not isinstance(ended, list) or len(ended) != len(responses) or not all(isinstance(e, bool) for e in ended)
+    ):
+        return "field 'ended': expected one true/false per response (true: the response stopped by itself at EOS)"
+    if "\x00" in row["prompt"] or any("\x00" in r for r in responses):
+        return "field 'responses': text contains a NUL character"
     return None
 
 
@@ -219,8 +254,33 @@ def add_user(args: argparse.Namespace) -> int:
 
 
 def invite(args: argparse.Namespace) -> int:
-    token = _store(args).new_invite(args.name)
+    token = _store(args, create=False).new_invite(args.name)
     print(f"{args.base_url.rstrip('/')}/invite/{token}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    if args.new_token and args.deactivate:
+        raise UserError("--new-token and --deactivate contradict each other: a deactivated user has no token")
+    sessions, tokens = args.sessions, args.tokens or args.new_token
+    if not (sessions or tokens or args.deactivate):
+        sessions = tokens = True  # no choice given: revoke everything
+    out = _store(args, create=False).revoke(
+        args.name, tokens=tokens, sessions=sessions, new_token=args.new_token, deactivate=args.deactivate
+    )
+    what = [f"{out['sessions']} sessions ended"] if sessions or args.deactivate else []
+    if tokens or args.deactivate:
+        what.append(f"API token {'voided' if out['api_token'] else 'was already void'}, {out['invites']} unused invites voided")
+    print(f"{args.name}: {'; '.join(what)}" + ("; user deactivated" if args.deactivate else ""))
+    if out["new_api_token"]:
+        print("new API token (shown once):")
+        print(out["new_api_token"])
+    return 0
+
+
+def activate(args: argparse.Namespace) -> int:
+    _store(args, create=False).activate(args.name)
+    print(f"{args.name}: active again; send a new invite with `rlhf label invite {args.name}`")
     return 0
 
 
@@ -228,8 +288,19 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rlhf.labeling.app import create_app
-    from rlhf.labeling.security import load_or_create_secret
+    from rlhf.labeling.security import install_log_redaction, load_or_create_secret
 
+    if args.max_body_kb < 1:
+        raise UserError(f"--max-body-kb must be >= 1, got {args.max_body_kb}")
+    if not 0.0 <= args.gold_rate <= 1.0:
+        raise UserError(f"--gold-rate must be a probability in [0, 1], got {args.gold_rate}")
+    if args.rate_limit < 0:
+        raise UserError(f"--rate-limit must be >= 0 requests per second (0: off), got {args.rate_limit}")
+    if args.burst < 1:
+        raise UserError(f"--burst must be >= 1, got {args.burst}")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    proxies = [a.strip() for a in (args.trusted_proxy or "").split(",") if a.strip()]
     store = _store(args)
     secret = load_or_create_secret(store.url, args.secret_file)
     app = create_app(
@@ -242,8 +313,15 @@ def serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_kb * 1024,
     )
     print(f"serving http://{args.host}:{args.port}/ (labelers: /label, admins: /admin, API docs: /docs)", flush=True)
-    # proxy_headers: behind a TLS proxy, X-Forwarded-Proto=https makes the session cookie Secure.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    # Forwarded headers only from the proxies the operator names: uvicorn's default trusts 127.0.0.1, so any local
+    # client (or a proxy that passes the header through) could pick its own address and dodge the rate limits.
+    # Behind a trusted TLS proxy, X-Forwarded-Proto=https makes the session cookie Secure.
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )  # fmt: skip
+    install_log_redaction()  # again after uvicorn configured its loggers
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -257,6 +335,10 @@ def simulate(args: argparse.Namespace) -> int:
         raise UserError(f"--beta {args.beta!r}: expected numbers separated by commas, e.g. 2,5,10") from None
     if not betas or args.labelers < 0 or args.random_clickers < 0 or args.labelers + args.random_clickers == 0:
         raise UserError("need at least one labeler: --labelers N (and --beta B1,B2,...) or --random-clickers N")
+    if not 0.0 <= args.gold_rate <= 1.0:
+        raise UserError(f"--gold-rate must be a probability in [0, 1], got {args.gold_rate}")
+    if args.samples is not None and args.overlap < 1:
+        raise UserError(f"--overlap must be >= 1, got {args.overlap}")
     labelers = [
         SimLabeler(
             f"{args.name_prefix}-{n + 1}",
@@ -306,10 +388,14 @@ def import_(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    from rlhf.io import check_output
     from rlhf.labeling.export import export as run_export
     from rlhf.labeling.export import meta_path
 
-    meta = run_export(_store(args), args.out, args.raw)
+    check_output(args.out, "file", "--out")  # before the store is read: a folder or read-only path fails now
+    if args.raw:
+        check_output(args.raw, "file", "--raw")
+    meta = run_export(_store(args, create=False), args.out, args.raw)
     c = meta["counts"]
     acc = meta["bayes_accuracy"]
     print(
@@ -324,7 +410,7 @@ def export(args: argparse.Namespace) -> int:
 def stats(args: argparse.Namespace) -> int:
     from rlhf.labeling.agreement import report
 
-    print(json.dumps(report(_store(args)), indent=2, default=str))
+    print(json.dumps(report(_store(args, create=False)), indent=2, default=str))
     return 0
 
 

@@ -9,6 +9,8 @@ Consensus: the sign of the vote sum; a zero sum (a tie, or an even split) export
   margin    = mean strength margin of the winning votes (Llama 2's small-margin scale below); omitted when any
               winning vote has no strength (rankings, imported data)
 A ranking contributes all its pairs (`rlhf.core.ranking_to_pairs`); they share `group_id` = "task-<id>".
+Rows carry `chosen_ended` / `rejected_ended` (did that response stop at EOS, or was it cut at max_new_tokens) when
+the task knows it (tasks from `rlhf sample` files with `ended`); absent means ended.
 Gold tasks (known answers, for measuring labelers) and tasks flagged unsafe/broken are left out of the pairs.
 """
 
@@ -147,6 +149,9 @@ def pair_row(p: ConsensusPair, task: TaskRecord) -> dict[str, Any]:
         "n_votes": len(p.votes),
         "task_id": p.task_id,
     }
+    if task.ended is not None:  # which response stopped at EOS (the reward stage appends EOS only to those)
+        row["chosen_ended"] = bool(task.ended[p.better])
+        row["rejected_ended"] = bool(task.ended[p.worse])
     if p.margin is not None:
         row["margin"] = round(p.margin, 6)
     if p.group_id is not None:

@@ -1,4 +1,5 @@
-"""Security bits of the labeling app: the signing key, session cookies, CSRF tokens, rate limits, body limits.
+"""Security bits of the labeling app: the signing key, session cookies, CSRF and same-origin checks, rate limits,
+body limits, security headers on every response (5xx included), and keeping invite tokens out of the logs.
 
 No secret lives in the repository: the signing key comes from $RLHF_LABEL_SECRET, or is generated on first start
 and kept in a file created with mode 0600 (next to a SQLite database: labels.db -> labels.secret).
@@ -9,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
+import re
 import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.engine import make_url
@@ -64,17 +68,19 @@ def load_or_create_secret(db_url: str, path: str | Path | None = None) -> bytes:
 
 
 class Sessions:
-    """Signed session cookie values: {"u": user id, "c": CSRF token}. The CSRF token is random per session and
-    must come back in every form (double-submit via the signed cookie)."""
+    """Signed session cookie values: {"s": session token, "c": CSRF token}. The session token names a server-side
+    session record (Store.create_session), so logout and `rlhf label revoke` end it for every copy of the cookie;
+    the signature only saves a database lookup for forged cookies. The CSRF token is random per session and must
+    come back in every form (double-submit via the signed cookie)."""
 
     def __init__(self, secret: bytes, max_age_s: int):
         self._s = URLSafeTimedSerializer(secret, salt="rlhf-label-session")
         self._secret = secret
         self.max_age_s = max_age_s
 
-    def new(self, user_id: int) -> tuple[str, str]:
+    def new(self, session_token: str) -> tuple[str, str]:
         csrf = secrets.token_urlsafe(24)
-        return self._s.dumps({"u": user_id, "c": csrf}), csrf
+        return self._s.dumps({"s": session_token, "c": csrf}), csrf
 
     def read(self, value: str | None) -> dict[str, Any] | None:
         if not value:
@@ -83,7 +89,8 @@ class Sessions:
             data = self._s.loads(value, max_age=self.max_age_s)
         except (BadSignature, json.JSONDecodeError, UnicodeDecodeError):
             return None
-        return data if isinstance(data, dict) and isinstance(data.get("u"), int) else None
+        ok = isinstance(data, dict) and isinstance(data.get("s"), str) and isinstance(data.get("c"), str)
+        return data if ok else None
 
     def invite_csrf(self, invite_token: str) -> str:
         """CSRF token for the sign-in form (there is no session yet): bound to the invite token."""
@@ -92,6 +99,55 @@ class Sessions:
 
 def csrf_ok(expected: str | None, given: Any) -> bool:
     return bool(expected) and isinstance(given, str) and hmac.compare_digest(expected, given)
+
+
+def same_origin(headers: Any) -> bool:
+    """Is this (form) POST from one of our own pages? Browsers send `Sec-Fetch-Site` (which page scripts cannot
+    set): only same-origin, or "none" (typed by the user), passes. Without it, `Origin` must name this host. A
+    request with neither is not a browser's cross-site form post (browsers send Origin on every POST)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return origin != "null" and bool(netloc) and netloc.lower() == str(headers.get("host", "")).lower()
+
+
+# -- logs ----------------------------------------------------------------------------------------------------------
+
+_INVITE_IN_PATH = re.compile(r"(/invite/)[^\s\"']+")
+REDACTED = "[redacted]"
+
+
+class RedactInviteTokens(logging.Filter):
+    """Invite links carry a one-time token in the path, and uvicorn logs every request path: anyone who reads the
+    log could sign in as that user (the GET does not use the invite up). This rewrites `/invite/<token>` to
+    `/invite/[redacted]` in the message and its arguments (uvicorn's access formatter needs the argument tuple)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _INVITE_IN_PATH.sub(r"\1" + REDACTED, record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_INVITE_IN_PATH.sub(r"\1" + REDACTED, a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_REDACT = RedactInviteTokens()
+
+
+def install_log_redaction() -> None:
+    """Attach the filter to uvicorn's loggers (idempotent). Logger filters see only records logged on that logger,
+    so each logger gets it."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
 
 
 class RateLimiter:
@@ -104,12 +160,17 @@ class RateLimiter:
         self._buckets: dict[Any, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    MAX_KEYS = 100_000
+
     def check(self, key: Any) -> float:
         """0 if allowed (and counted), else the seconds to wait."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
         with self._lock:
+            if len(self._buckets) > self.MAX_KEYS:  # many client addresses: forget the buckets that are full again
+                full_after = self.burst / self.rate
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens < 1.0:
@@ -175,6 +236,12 @@ class LimitsAndHeaders:
         except BodyTooLarge:
             if not started:
                 await _json_response(send, 413, f"request body too large: over {self.max_bytes} bytes")
+        except Exception:
+            # A bug: Starlette's outermost error middleware would answer 500 without our headers. Answer here, with
+            # them, and re-raise so the server still logs the traceback (it sees the response already started).
+            if not started:
+                await _json_response(send, 500, "internal server error")
+            raise
 
 
 def _security_headers(docs: bool) -> list[tuple[bytes, bytes]]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import secrets
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
     DateTime,
     ForeignKey,
     Integer,
@@ -37,6 +39,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -56,6 +59,7 @@ FLAGS = ("unsafe", "broken")
 MAX_RANKING = 9  # keyboard shortcuts 1-9 cover at most nine responses
 INVITE_TTL = timedelta(days=7)
 ASSIGNMENT_TTL = timedelta(hours=1)  # an unanswered showing holds its overlap slot this long
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: PostgreSQL's int4 (SQLite's are wider); larger ids cannot exist
 
 
 def utcnow() -> datetime:
@@ -100,6 +104,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # set: cannot sign in or use the API
 
 
 class Invite(Base):
@@ -110,6 +115,20 @@ class Invite(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a newer invite or `label revoke` voided it
+
+
+class SessionRow(Base):
+    """A signed-in browser. The cookie carries a random session token; only its hash is stored, and logout,
+    `rlhf label revoke` or deactivating the user end the session on the server, not only in the browser."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Task(Base):
@@ -118,6 +137,9 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(16))
     prompt: Mapped[str] = mapped_column(Text)
     responses: Mapped[list] = mapped_column(JSON)
+    # ended[i]: response i stopped by itself (EOS) rather than being cut at max_new_tokens; NULL: not known
+    # (imports, older sample files), which readers take as "ended".
+    responses_ended: Mapped[list | None] = mapped_column(NullableJSON)
     source: Mapped[dict] = mapped_column(JSON)  # where it came from: prompt_id, model, sampling, file, format
     overlap: Mapped[int] = mapped_column(Integer)  # distinct labelers to show it to (0: never served)
     gold_ranks: Mapped[list | None] = mapped_column(NullableJSON)  # known answer: rank per response, 1 = best
@@ -205,6 +227,7 @@ class TaskSpec:
     source: dict = field(default_factory=dict)
     overlap: int = 1
     gold_ranks: list[int] | None = None
+    ended: list[bool] | None = None  # per response: stopped by itself (EOS); None: not known (taken as ended)
 
 
 @dataclass(frozen=True)
@@ -268,6 +291,7 @@ class TaskRecord:
     overlap: int
     gold_ranks: list[int] | None
     split: str | None
+    ended: list[bool] | None = None  # per response, see TaskSpec.ended
 
 
 class StoreError(UserError):
@@ -295,18 +319,30 @@ class Conflict(StoreError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def database_url(db: str | Path) -> str:
-    """A plain path means SQLite at that path (parent folders are created); anything with '://' is a URL."""
+def database_url(db: str | Path, *, create: bool = True) -> str:
+    """A plain path means SQLite at that path; anything with '://' is a URL. With create, a missing SQLite file is
+    created (parent folders too) with mode 0600: it holds who labeled what and the token hashes, and SQLite gives its
+    -wal and -shm files the database file's mode. Without create, a missing file is an error."""
     db = str(db)
     if "://" in db:
         try:
-            make_url(db)
+            url = make_url(db)
         except ArgumentError as e:
             raise UserError(f"--db {db!r}: not a database URL ({e}); use a path or postgresql+psycopg://...") from None
-        return db
-    path = Path(db).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return db
+        path = Path(url.database).expanduser().resolve()
+    else:
+        path = Path(db).expanduser().resolve()
+    if not path.exists():
+        if not create:
+            raise UserError(
+                f"--db {db}: no such database (this command only reads one and never creates it); check the path"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileExistsError):  # another process created it just now
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return db if "://" in db else f"sqlite:///{path}"
 
 
 def _make_engine(url: str, pool_size: int) -> Engine:
@@ -341,6 +377,18 @@ def _make_engine(url: str, pool_size: int) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=2 * pool_size)
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    insp = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name not in have:
+                assert col.nullable, f"{table.name}.{col.name}: a column added later must be nullable"
+                ddl = Column(col.name, col.type).type.compile(dialect=engine.dialect)
+                with engine.begin() as c:
+                    c.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {ddl}')
+
+
 def _dedup_key(kind: str, prompt: str, responses: list[str], gold: list[int] | None) -> str:
     blob = json.dumps([kind, prompt, responses, gold], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -354,7 +402,9 @@ class Store:
     """
 
     def __init__(self, db: str | Path, *, create: bool = True, pool_size: int = 10):
-        self.url = database_url(db)
+        """create=False (read-only commands): refuse a database that does not exist or holds no labeling tables,
+        instead of creating an empty one (a typo'd --db would otherwise export 0 pairs over a good file)."""
+        self.url = database_url(db, create=create)
         self.engine = _make_engine(self.url, pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._durable = self.engine.execution_options(rlhf_write=True)
@@ -362,8 +412,14 @@ class Store:
         # commits skip the fsync (synchronous=NORMAL; still safe against a killed process). Judgments fsync.
         self._fast = self.engine.execution_options(rlhf_write=True, rlhf_sync="NORMAL")
         self._write_lock = threading.Lock() if self.is_sqlite else nullcontext()
-        if create:
-            Base.metadata.create_all(self.engine)
+        if not create and not inspect(self.engine).has_table("tasks"):
+            shown = make_url(self.url).render_as_string(hide_password=True)
+            self.engine.dispose()
+            raise UserError(f"--db {shown}: holds no labeling tables (this command never creates them); check --db")
+        # Tables missing from an older store are created, columns added since are added (nullable, so old rows
+        # stay valid); nothing is ever dropped or rewritten.
+        Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -386,8 +442,8 @@ class Store:
     def create_user(self, name: str, role: str) -> NewUser:
         """Create a user; returns a one-time invite token (for the browser) and an API token (for scripts)."""
         name = name.strip()
-        if not name or len(name) > 100:
-            raise StoreError("user name must be 1..100 characters", "name")
+        if not name or len(name) > 100 or "\x00" in name:
+            raise StoreError("user name must be 1..100 characters (no NUL)", "name")
         if role not in ROLES:
             raise StoreError(f"role must be one of {', '.join(ROLES)}, got {role!r}", "role")
         api_token = secrets.token_urlsafe(32)
@@ -402,33 +458,39 @@ class Store:
     def _add_invite(self, c: Connection, user_id: int) -> str:
         token = secrets.token_urlsafe(32)
         now = utcnow()
+        # One live invite per user: a new link voids the older ones (an admin who re-invites after a link leaked
+        # expects the leaked one to stop working).
+        c.execute(
+            update(INVITES)
+            .where(INVITES.c.user_id == user_id, INVITES.c.used_at.is_(None), INVITES.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
         _insert(c, INVITES, user_id=user_id, token_hash=token_hash(token), created_at=now, expires_at=now + INVITE_TTL)
         return token
 
+    def _named(self, c: Connection, name: str) -> Any:
+        user = c.execute(select(USERS.c.id, USERS.c.role, USERS.c.deactivated_at).where(USERS.c.name == name)).first()
+        if user is None or user.role not in ROLES:
+            raise NotFound(f"no labeler or admin named {name!r}; create one with `rlhf label add-user`", "name")
+        return user
+
     def new_invite(self, name: str) -> str:
-        """A fresh one-time invite token for an existing user (e.g. a lost session)."""
+        """A fresh one-time invite token for an existing user (e.g. a lost session); older unused ones stop working."""
         with self._write() as c:
-            user = c.execute(select(USERS.c.id, USERS.c.role).where(USERS.c.name == name)).first()
-            if user is None or user.role not in ROLES:
-                raise NotFound(f"no labeler or admin named {name!r}; create one with `rlhf label add-user`", "name")
+            user = self._named(c, name)
+            if user.deactivated_at is not None:
+                raise Conflict(f"user {name!r} is deactivated; run `rlhf label activate {name}` first", "name")
             return self._add_invite(c, user.id)
 
     def invite_user(self, token: str) -> UserInfo | None:
-        """The user an unused, unexpired invite belongs to (does not use it up)."""
+        """The user an unused, unexpired, unrevoked invite belongs to (does not use it up)."""
         with self._reading() as c:
-            row = c.execute(
-                select(USERS.c.id, USERS.c.name, USERS.c.role)
-                .join(INVITES, INVITES.c.user_id == USERS.c.id)
-                .where(
-                    INVITES.c.token_hash == token_hash(token),
-                    INVITES.c.used_at.is_(None),
-                    INVITES.c.expires_at > utcnow(),
-                )
-            ).first()
+            row = c.execute(Q.invite_user, {"token_hash": token_hash(token), "now": utcnow()}).first()
             return UserInfo(*row) if row else None
 
     def redeem_invite(self, token: str) -> UserInfo | None:
-        """Use up an invite; None if it is unknown, used or expired. Safe against two racing redemptions."""
+        """Use up an invite; None if it is unknown, used, revoked or expired, or its user is deactivated. Safe
+        against two racing redemptions."""
         now = utcnow()
         with self._write() as c:
             inv = c.execute(select(INVITES.c.id, INVITES.c.user_id).where(INVITES.c.token_hash == token_hash(token))).first()
@@ -437,27 +499,94 @@ class Store:
             # Conditional update: only one of two concurrent redemptions changes the row.
             res = c.execute(
                 update(INVITES)
-                .where(INVITES.c.id == inv.id, INVITES.c.used_at.is_(None), INVITES.c.expires_at > now)
+                .where(
+                    INVITES.c.id == inv.id, INVITES.c.used_at.is_(None), INVITES.c.revoked_at.is_(None),
+                    INVITES.c.expires_at > now,
+                )
                 .values(used_at=now)
-            )
+            )  # fmt: skip
             if res.rowcount != 1:
                 return None
             return self._user(c, inv.user_id)
 
     def _user(self, c: Connection, user_id: int) -> UserInfo | None:
-        row = c.execute(select(USERS.c.id, USERS.c.name, USERS.c.role).where(USERS.c.id == user_id)).first()
+        """An active user (deactivated ones are None: they cannot sign in or use the API)."""
+        row = c.execute(Q.active_user, {"user_id": user_id}).first()
         return UserInfo(*row) if row else None
 
     def user_by_api_token(self, token: str) -> UserInfo | None:
         with self._reading() as c:
-            row = c.execute(
-                select(USERS.c.id, USERS.c.name, USERS.c.role).where(USERS.c.api_token_hash == token_hash(token))
-            ).first()
+            row = c.execute(Q.user_by_token, {"token_hash": token_hash(token)}).first()
             return UserInfo(*row) if row and row.role in ROLES else None
 
     def get_user(self, user_id: int) -> UserInfo | None:
+        if not 0 < user_id <= MAX_ID:
+            return None
         with self._reading() as c:
             return self._user(c, user_id)
+
+    # -- browser sessions ----------------------------------------------------------------------------------------
+
+    def create_session(self, user_id: int, ttl: timedelta) -> str:
+        """A new server-side session; returns its token (for the signed cookie; only the hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._write() as c:
+            _insert(c, SESSIONS, user_id=user_id, token_hash=token_hash(token), created_at=now, expires_at=now + ttl,
+                    revoked_at=None)  # fmt: skip
+        return token
+
+    def session_user(self, token: str) -> UserInfo | None:
+        """The active user of a live (unexpired, unrevoked) session, else None."""
+        with self._reading() as c:
+            row = c.execute(Q.session_user, {"token_hash": token_hash(token), "now": utcnow()}).first()
+            return UserInfo(*row) if row else None
+
+    def end_session(self, token: str) -> None:
+        """Logout: the session stops working on the server, whoever holds a copy of the cookie."""
+        with self._write() as c:
+            c.execute(
+                update(SESSIONS)
+                .where(SESSIONS.c.token_hash == token_hash(token), SESSIONS.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+
+    def revoke(self, name: str, *, tokens: bool = True, sessions: bool = True, new_token: bool = False,
+               deactivate: bool = False) -> dict[str, Any]:  # fmt: skip
+        """`rlhf label revoke`: end a user's sessions (all signed-in browsers) and/or void their API token and unused
+        invites; optionally issue a replacement API token, or deactivate the user (which also revokes both).
+        Returns counts and the new token (if any)."""
+        now = utcnow()
+        out: dict[str, Any] = {"sessions": 0, "invites": 0, "api_token": False, "new_api_token": None}
+        with self._write() as c:
+            user = self._named(c, name)
+            if deactivate:
+                tokens = sessions = True
+                c.execute(update(USERS).where(USERS.c.id == user.id).values(deactivated_at=now))
+            if sessions:
+                out["sessions"] = c.execute(
+                    update(SESSIONS).where(SESSIONS.c.user_id == user.id, SESSIONS.c.revoked_at.is_(None)).values(revoked_at=now)
+                ).rowcount
+            if tokens:
+                out["invites"] = c.execute(
+                    update(INVITES)
+                    .where(INVITES.c.user_id == user.id, INVITES.c.used_at.is_(None), INVITES.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                ).rowcount
+                had = c.scalar(select(USERS.c.api_token_hash).where(USERS.c.id == user.id))
+                out["api_token"] = had is not None
+                c.execute(update(USERS).where(USERS.c.id == user.id).values(api_token_hash=None))
+            if new_token and not deactivate:
+                token = secrets.token_urlsafe(32)
+                c.execute(update(USERS).where(USERS.c.id == user.id).values(api_token_hash=token_hash(token)))
+                out["new_api_token"] = token
+        return out
+
+    def activate(self, name: str) -> None:
+        """Undo a deactivation (the user then needs a new invite and, for scripts, `revoke --tokens --new-token`)."""
+        with self._write() as c:
+            user = self._named(c, name)
+            c.execute(update(USERS).where(USERS.c.id == user.id).values(deactivated_at=None))
 
     def users(self) -> list[UserInfo]:
         with self._reading() as c:
@@ -493,14 +622,14 @@ class Store:
         return _insert(
             c, TASKS, kind=spec.kind, prompt=spec.prompt, responses=list(spec.responses), source=dict(spec.source),
             overlap=spec.overlap, gold_ranks=list(gold) if gold is not None else None, dedup_key=key,
-            created_at=utcnow(),
+            created_at=utcnow(), responses_ended=list(spec.ended) if spec.ended is not None else None,
         )  # fmt: skip
 
     def tasks(self) -> list[TaskRecord]:
         with self._reading() as c:
             q = (
                 select(TASKS.c.id, TASKS.c.kind, TASKS.c.prompt, TASKS.c.responses, TASKS.c.source, TASKS.c.overlap,
-                       TASKS.c.gold_ranks, SPLITS.c.split)
+                       TASKS.c.gold_ranks, SPLITS.c.split, TASKS.c.responses_ended)
                 .outerjoin(SPLITS, SPLITS.c.task_id == TASKS.c.id)
                 .order_by(TASKS.c.id)
             )  # fmt: skip
@@ -561,6 +690,8 @@ class Store:
 
     def get_shown(self, user_id: int, assignment_id: int) -> Shown:
         """An assignment of this user as shown (e.g. to correct an answer)."""
+        if not 0 < assignment_id <= MAX_ID:
+            raise NotFound(f"assignment {assignment_id} does not exist", "assignment_id")
         with self._reading() as c:
             row = c.execute(Q.shown_by_id, {"assignment_id": assignment_id}).first()
             if row is None:
@@ -570,15 +701,15 @@ class Store:
             return _shown(row, self._current(c, assignment_id))
 
     def _current(self, c: Connection, assignment_id: int) -> int | None:
-        return c.scalar(Q.current, {"assignment_id": assignment_id})
+        row = c.execute(Q.current, {"assignment_id": assignment_id}).first()
+        return row.id if row else None
 
     # -- judgments -----------------------------------------------------------------------------------------------
 
     def submit(self, user_id: int, ans: Answer) -> tuple[JudgmentRecord, bool]:
         """Store one judgment in one transaction. Returns (record, created); the same client_id again returns the
         stored record with created=False and writes nothing."""
-        if not ans.client_id or len(ans.client_id) > 100:
-            raise StoreError("client_id must be 1..100 characters", "client_id")
+        _check_answer_fields(ans)
         for attempt in range(2):
             try:
                 with self._write() as c:
@@ -590,6 +721,14 @@ class Store:
                         if prior.assignment_id != ans.assignment_id:
                             raise Conflict(
                                 f"client_id {ans.client_id!r} was already used for assignment {prior.assignment_id}",
+                                "client_id",
+                            )
+                        # A true repeat (a retry) must carry the same answer: validate it, then compare.
+                        kind, _answer, raw = _canonical(a.kind, list(a.shown_order), ans)
+                        if (kind, raw, ans.supersedes) != (prior.kind, dict(prior.raw), prior.supersedes_id):
+                            raise Conflict(
+                                f"client_id {ans.client_id!r} was already used for a different answer (judgment "
+                                f"{prior.id}); send a new client_id for a new answer",
                                 "client_id",
                             )
                         return _to_record(prior), False
@@ -608,7 +747,8 @@ class Store:
             raise NotFound(f"assignment {ans.assignment_id} does not exist", "assignment_id")
         if a.user_id != user_id:
             raise Forbidden(f"assignment {ans.assignment_id} belongs to another user", "assignment_id")
-        current = self._current(c, a.id)
+        cur = c.execute(Q.current, {"assignment_id": a.id}).first()
+        current = cur.id if cur else None
         if current is not None and ans.supersedes != current:
             raise Conflict(
                 f"assignment {a.id} is already answered (judgment {current}); to correct it, send supersedes={current}",
@@ -619,11 +759,32 @@ class Store:
         if not 0 <= ans.time_spent_ms <= 86_400_000:
             raise StoreError("time_spent_ms must be between 0 and 86400000", "time_spent_ms")
         kind, answer, raw = _canonical(a.kind, list(a.shown_order), ans)
+        if kind in KINDS and not a.gold:
+            self._check_overlap_slot(c, a, cur)
         return {
             "client_id": ans.client_id, "user_id": user_id, "task_id": a.task_id, "assignment_id": a.id,
             "created_at": utcnow(), "shown_order": list(a.shown_order), "kind": kind, "answer": answer, "raw": raw,
             "time_spent_ms": int(ans.time_spent_ms), "supersedes_id": ans.supersedes,
         }  # fmt: skip
+
+    def _check_overlap_slot(self, c: Connection, a: Any, cur: Any) -> None:
+        """Overlap is a hard cap on labelers with a current answer. A showing holds its slot while unanswered and
+        recent, or while answered with anything but a skip; one that lost it (skipped, or left open past
+        ASSIGNMENT_TTL) may answer only if the slot is still free, else someone else has taken it meanwhile."""
+        cutoff = utcnow() - ASSIGNMENT_TTL
+        holds = cur.kind != "skip" if cur is not None else a.created_at > cutoff
+        if holds:
+            return
+        if not self.is_sqlite:  # serialise with _try_assign, which counts under the same lock
+            c.execute(Q.lock_task, {"task_id": a.task_id})
+        row = c.execute(Q.active_one, {"task_id": a.task_id, "cutoff": cutoff}).first()
+        if (row.n if row else 0) >= a.overlap:
+            why = "you skipped it" if cur is not None else f"it was open longer than {ASSIGNMENT_TTL}"
+            raise Conflict(
+                f"task {a.task_id} already has its {a.overlap} labelers ({why}, and the slot went to someone else); "
+                "ask for the next task",
+                "assignment_id",
+            )
 
     def judgments(self, *, current_only: bool = False) -> list[JudgmentRecord]:
         """All judgments in id order; with current_only, only those not superseded by a later one."""
@@ -719,6 +880,7 @@ class Store:
 
 USERS = User.__table__
 INVITES = Invite.__table__
+SESSIONS = SessionRow.__table__
 TASKS = Task.__table__
 SPLITS = TaskSplit.__table__
 ASSIGNMENTS = Assignment.__table__
@@ -733,21 +895,27 @@ _JUDGMENT_ROWS = select(JUDGMENTS, USERS.c.name.label("user_name"), USERS.c.role
 )
 
 
+_LATER = JUDGMENTS.alias("later")
+_IS_CURRENT = ~exists().where(_LATER.c.supersedes_id == JUDGMENTS.c.id)  # a judgment nobody corrected (yet)
+
+
 def _active_counts_q(one_task: bool) -> Any:
-    """Assignments holding an overlap slot per task: answered (not skipped), or unanswered and recent."""
+    """Assignments holding an overlap slot per task: whose current answer is not a skip (a skip frees the slot; a
+    skip later corrected into an answer holds it again), or unanswered and recent."""
     answered = exists().where(JUDGMENTS.c.assignment_id == ASSIGNMENTS.c.id)
-    skipped = exists().where(JUDGMENTS.c.assignment_id == ASSIGNMENTS.c.id, JUDGMENTS.c.kind == "skip")
+    holds = exists().where(JUDGMENTS.c.assignment_id == ASSIGNMENTS.c.id, JUDGMENTS.c.kind != "skip", _IS_CURRENT)
     recent = ASSIGNMENTS.c.created_at > bindparam("cutoff", type_=UTCDateTime())
-    q = select(ASSIGNMENTS.c.task_id, func.count().label("n")).where(~skipped, or_(answered, recent))
+    q = select(ASSIGNMENTS.c.task_id, func.count().label("n")).where(or_(holds, ~answered & recent))
     if one_task:
         q = q.where(ASSIGNMENTS.c.task_id == bindparam("task_id"))
     return q.group_by(ASSIGNMENTS.c.task_id)
 
 
 def _candidates_q(gold: bool) -> Any:
-    """Tasks this user was never shown and nobody flagged; non-gold ones still short of their overlap (FIFO)."""
+    """Tasks this user was never shown and with no current flag (a flag corrected into an answer no longer hides the
+    task); non-gold ones still short of their overlap (FIFO)."""
     seen = exists().where(ASSIGNMENTS.c.task_id == TASKS.c.id, ASSIGNMENTS.c.user_id == bindparam("user_id"))
-    flagged = exists().where(JUDGMENTS.c.task_id == TASKS.c.id, JUDGMENTS.c.kind == "flag")
+    flagged = exists().where(JUDGMENTS.c.task_id == TASKS.c.id, JUDGMENTS.c.kind == "flag", _IS_CURRENT)
     q = select(TASKS.c.id, TASKS.c.overlap, TASKS.c.kind, TASKS.c.prompt, TASKS.c.responses).where(~seen, ~flagged)
     if gold:
         return q.where(TASKS.c.gold_ranks.is_not(None)).order_by(TASKS.c.id)
@@ -773,7 +941,7 @@ class Q:
     )
     shown_by_id = _SHOWN.where(ASSIGNMENTS.c.id == bindparam("assignment_id"))
     current = (
-        select(JUDGMENTS.c.id)
+        select(JUDGMENTS.c.id, JUDGMENTS.c.kind)
         .where(JUDGMENTS.c.assignment_id == bindparam("assignment_id"))
         .order_by(JUDGMENTS.c.id.desc())
         .limit(1)
@@ -786,16 +954,38 @@ class Q:
     # concurrent inserts (KEY SHARE) do not wait for it.
     lock_task = select(TASKS.c.id).where(TASKS.c.id == bindparam("task_id")).with_for_update(key_share=True)
     lock_assignment = (
-        select(ASSIGNMENTS, TASKS.c.kind)
+        select(ASSIGNMENTS, TASKS.c.kind, TASKS.c.overlap, TASKS.c.gold_ranks.is_not(None).label("gold"))
         .join(TASKS, TASKS.c.id == ASSIGNMENTS.c.task_id)
         .where(ASSIGNMENTS.c.id == bindparam("assignment_id"))
         .with_for_update(of=ASSIGNMENTS, key_share=True)
     )
     prior = _JUDGMENT_ROWS.where(JUDGMENTS.c.user_id == bindparam("user_id"), JUDGMENTS.c.client_id == bindparam("client_id"))
     judgment_by_id = _JUDGMENT_ROWS.where(JUDGMENTS.c.id == bindparam("judgment_id"))
+    _now = bindparam("now", type_=UTCDateTime())
+    _user_cols = (USERS.c.id, USERS.c.name, USERS.c.role)
+    active_user = select(*_user_cols).where(USERS.c.id == bindparam("user_id"), USERS.c.deactivated_at.is_(None))
+    user_by_token = select(*_user_cols).where(
+        USERS.c.api_token_hash == bindparam("token_hash"), USERS.c.deactivated_at.is_(None)
+    )
+    invite_user = (
+        select(*_user_cols)
+        .join(INVITES, INVITES.c.user_id == USERS.c.id)
+        .where(
+            INVITES.c.token_hash == bindparam("token_hash"), INVITES.c.used_at.is_(None), INVITES.c.revoked_at.is_(None),
+            INVITES.c.expires_at > _now, USERS.c.deactivated_at.is_(None),
+        )
+    )  # fmt: skip
+    session_user = (
+        select(*_user_cols)
+        .join(SESSIONS, SESSIONS.c.user_id == USERS.c.id)
+        .where(
+            SESSIONS.c.token_hash == bindparam("token_hash"), SESSIONS.c.revoked_at.is_(None), SESSIONS.c.expires_at > _now,
+            USERS.c.deactivated_at.is_(None),
+        )
+    )  # fmt: skip
 
 
-_INSERTS = {t: insert(t) for t in (USERS, INVITES, TASKS, SPLITS, ASSIGNMENTS, JUDGMENTS, META)}
+_INSERTS = {t: insert(t) for t in (USERS, INVITES, SESSIONS, TASKS, SPLITS, ASSIGNMENTS, JUDGMENTS, META)}
 
 
 def _insert(c: Connection, table: Any, **values: Any) -> int:
@@ -824,6 +1014,12 @@ def _check_spec(spec: TaskSpec) -> None:
         raise StoreError(f"a ranking task needs 2..{MAX_RANKING} responses, got {k}", "responses")
     if not isinstance(spec.prompt, str) or not all(isinstance(r, str) for r in spec.responses):
         raise StoreError("prompt and responses must be strings", "responses")
+    if "\x00" in spec.prompt or any("\x00" in r for r in spec.responses):
+        raise StoreError("prompt and responses must not contain NUL characters", "responses")
+    if spec.ended is not None and (
+        not isinstance(spec.ended, list) or len(spec.ended) != k or not all(isinstance(e, bool) for e in spec.ended)
+    ):
+        raise StoreError(f"ended must be a list of {k} true/false flags (one per response), got {spec.ended!r}", "ended")
     if spec.overlap < 0:
         raise StoreError(f"overlap must be >= 0, got {spec.overlap}", "overlap")
     if spec.gold_ranks is not None:
@@ -836,6 +1032,35 @@ def _check_ranks(ranks: Any, k: int, name: str) -> None:
     for r in ranks:
         if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= k:
             raise StoreError(f"{name} must hold integers 1..{k} (1 = best, ties share a rank), got {ranks!r}", name)
+    # Standard competition ranking: a response's rank is 1 + the number ranked strictly better, so [2, 2] (no best)
+    # or [1, 1, 2] do not say one consistent thing; tied responses share a rank and the next rank skips.
+    for r in ranks:
+        if r != 1 + sum(x < r for x in ranks):
+            raise StoreError(
+                f"{name} {ranks!r}: rank {r} needs exactly {r - 1} responses ranked better; ties share a rank and the "
+                "next rank skips (e.g. 1, 1, 3)",
+                name,
+            )
+
+
+def _check_answer_fields(ans: Answer) -> None:
+    """Types and bounds before any SQL: ids fit the INTEGER columns, text has no NUL (PostgreSQL refuses it)."""
+    if not isinstance(ans.client_id, str) or not 1 <= len(ans.client_id) <= 100:
+        raise StoreError("client_id must be 1..100 characters", "client_id")
+    for name in ("assignment_id", "supersedes"):
+        v = getattr(ans, name)
+        if v is None and name == "supersedes":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ID:
+            raise StoreError(f"{name} must be an id (an integer 1..{MAX_ID}), got {v!r}", name)
+    for name in ("client_id", "choice", "strength", "skip_reason", "flag", "note"):
+        v = getattr(ans, name)
+        if v is not None and not isinstance(v, str):
+            raise StoreError(f"{name} must be text, got {type(v).__name__}", name)
+        if v and "\x00" in v:
+            raise StoreError(f"{name} must not contain NUL characters", name)
+    if isinstance(ans.time_spent_ms, bool) or not isinstance(ans.time_spent_ms, int):
+        raise StoreError("time_spent_ms must be an integer", "time_spent_ms")
 
 
 def _canonical(kind: str, order: list[int], ans: Answer, strength_required: bool = True) -> tuple[str, dict, dict]:
@@ -848,19 +1073,24 @@ def _canonical(kind: str, order: list[int], ans: Answer, strength_required: bool
             given[1] if len(given) > 1 else names,
         )
     what = given[0]
+    note = {"note": ans.note} if ans.note else {}  # kept in raw with any answer (raw = exactly as submitted)
     if what == "skip_reason":
-        reason = str(ans.skip_reason)[:500]
-        return "skip", {"reason": reason}, {"skip_reason": reason}
+        if not isinstance(ans.skip_reason, str) or not ans.skip_reason.strip():
+            raise StoreError("skip_reason must say why (not blank)", "skip_reason")
+        reason = ans.skip_reason[:500]
+        return "skip", {"reason": reason}, {"skip_reason": reason, **note}
     if what == "flag":
         if ans.flag not in FLAGS:
             raise StoreError(f"flag must be one of {', '.join(FLAGS)}, got {ans.flag!r}", "flag")
-        note = (ans.note or "")[:1000]
-        return "flag", {"flag": ans.flag, "note": note}, {"flag": ans.flag, "note": note}
+        text = (ans.note or "")[:1000]
+        return "flag", {"flag": ans.flag, "note": text}, {"flag": ans.flag, "note": text}
     if what == "choice":
         if kind != "pairwise":
             raise StoreError("this is a ranking task: send ranks, not choice", "choice")
         if ans.choice not in CHOICES:
             raise StoreError(f"choice must be one of {', '.join(CHOICES)}, got {ans.choice!r}", "choice")
+        if ans.choice not in ("A", "B") and ans.strength is not None:
+            raise StoreError(f"strength goes only with A or B: a {ans.choice!r} answer has none", "strength")
         if ans.choice in ("A", "B"):
             if ans.strength not in STRENGTHS and (strength_required or ans.strength is not None):
                 raise StoreError(f"strength must be one of {', '.join(STRENGTHS)}, got {ans.strength!r}", "strength")
@@ -868,14 +1098,14 @@ def _canonical(kind: str, order: list[int], ans: Answer, strength_required: bool
             answer = {"choice": "better", "better": better, "worse": 1 - better, "strength": ans.strength}
         else:
             answer = {"choice": ans.choice}
-        return "pairwise", answer, {"choice": ans.choice, "strength": ans.strength}
+        return "pairwise", answer, {"choice": ans.choice, "strength": ans.strength, **note}
     if kind != "ranking":
         raise StoreError("this is a pairwise task: send choice, not ranks", "ranks")
     _check_ranks(ans.ranks, len(order), "ranks")
     canonical = [0] * len(order)
     for pos, r in enumerate(ans.ranks):
         canonical[order[pos]] = r
-    return "ranking", {"ranks": canonical}, {"ranks": list(ans.ranks)}
+    return "ranking", {"ranks": canonical}, {"ranks": list(ans.ranks), **note}
 
 
 def _to_record(r: Any) -> JudgmentRecord:

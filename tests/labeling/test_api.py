@@ -82,7 +82,7 @@ def test_api_next_submit_idempotent_and_done(env: dict) -> None:
 
     conflict = c.post("/api/judgments", headers=h, json={**body, "client_id": "k3"})
     assert conflict.status_code == 409 and conflict.json()["field"] == "supersedes"
-    fix = c.post("/api/judgments", headers=h, json={**body, "client_id": "k4", "choice": "tie",
+    fix = c.post("/api/judgments", headers=h, json={**body, "client_id": "k4", "choice": "tie", "strength": None,
                                                     "supersedes": first.json()["judgment_id"]})  # fmt: skip
     assert fix.status_code == 201
 

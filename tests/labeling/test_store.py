@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 import threading
 from collections import Counter, defaultdict
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +274,187 @@ def test_meta_is_append_only_and_splits_are_stable(store: Store) -> None:
     assert {t.id: t.split for t in store.tasks()} == splits
     with pytest.raises(StoreError):
         store.assign_splits(1.5, seed=0, assigned_by="x")
+
+
+# -- revocation (issue item 3) -------------------------------------------------------------------------------------
+
+
+def test_a_new_invite_voids_the_previous_one(store: Store) -> None:
+    new = store.create_user("ann", "labeler")
+    second = store.new_invite("ann")
+    assert store.invite_user(new.invite_token) is None and store.redeem_invite(new.invite_token) is None
+    third = store.new_invite("ann")
+    assert store.redeem_invite(second) is None
+    assert store.redeem_invite(third) == new.user
+
+
+def test_sessions_are_server_side_and_revocable(store: Store) -> None:
+    ann, bob = store.create_user("ann", "labeler"), store.create_user("bob", "labeler")
+    s1, s2 = (store.create_session(ann.user.id, timedelta(days=14)) for _ in range(2))
+    s3 = store.create_session(bob.user.id, timedelta(days=14))
+    assert store.session_user(s1) == ann.user and store.session_user("forged") is None
+    store.end_session(s1)  # logout ends this session only
+    assert store.session_user(s1) is None and store.session_user(s2) == ann.user
+    assert store.revoke("ann", tokens=False, sessions=True)["sessions"] == 1
+    assert store.session_user(s2) is None and store.session_user(s3) == bob.user
+    assert store.user_by_api_token(ann.api_token) == ann.user  # --sessions leaves the API token alone
+    expired = store.create_session(bob.user.id, timedelta(seconds=-1))
+    assert store.session_user(expired) is None
+
+
+def test_revoked_api_token_and_deactivated_user(store: Store) -> None:
+    ann = store.create_user("ann", "labeler")
+    out = store.revoke("ann", tokens=True, sessions=False, new_token=True)
+    assert out["api_token"] and out["invites"] == 1 and store.user_by_api_token(ann.api_token) is None
+    assert store.user_by_api_token(out["new_api_token"]) == ann.user
+    live = store.create_session(ann.user.id, timedelta(days=1))
+    invite = store.new_invite("ann")
+    store.revoke("ann", deactivate=True)
+    assert store.user_by_api_token(out["new_api_token"]) is None and store.session_user(live) is None
+    assert store.redeem_invite(invite) is None and store.get_user(ann.user.id) is None
+    with pytest.raises(Conflict, match="deactivated"):
+        store.new_invite("ann")
+    store.activate("ann")
+    assert store.redeem_invite(store.new_invite("ann")) == ann.user
+    with pytest.raises(NotFound):
+        store.revoke("nobody")
+
+
+# -- files (item 6) -------------------------------------------------------------------------------------------------
+
+
+def test_sqlite_files_are_created_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # the usual umask, which made labels.db 0644
+    try:
+        store = Store(tmp_path / "runs" / "labels.db")
+        store.add_tasks(pairwise(1, 1))
+        with store.engine.connect() as c:  # hold a connection so the -wal and -shm files exist
+            c.exec_driver_sql("select count(*) from tasks").all()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "runs").iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert set(modes) == {"labels.db", "labels.db-wal", "labels.db-shm"}
+    assert modes == dict.fromkeys(modes, 0o600)
+
+
+# -- overlap is a hard cap (item 9) ---------------------------------------------------------------------------------
+
+
+def test_skip_then_supersede_cannot_exceed_the_overlap(store: Store) -> None:
+    store.add_tasks(pairwise(1, 2))
+    u1, u2, u3 = (store.create_user(n, "labeler").user for n in ("u1", "u2", "u3"))
+    a1 = store.next_assignment(u1.id)
+    skip, _ = store.submit(u1.id, Answer(a1.assignment_id, "s", skip_reason="later"))
+    for u in (u2, u3):  # the skip freed u1's slot: two others take both slots
+        a = store.next_assignment(u.id)
+        store.submit(u.id, Answer(a.assignment_id, f"a{u.id}", choice="A", strength="better"))
+    with pytest.raises(Conflict, match="already has its 2 labelers") as e:
+        store.submit(u1.id, Answer(a1.assignment_id, "late", choice="B", strength="better", supersedes=skip.id))
+    assert e.value.field == "assignment_id"
+    labelers = {j.user_id for j in store.judgments(current_only=True) if j.kind == "pairwise"}
+    assert labelers == {u2.id, u3.id}
+
+
+def test_skip_then_supersede_while_the_slot_is_free_holds_it_again(store: Store) -> None:
+    store.add_tasks(pairwise(1, 2))
+    u1, u2, u3 = (store.create_user(n, "labeler").user for n in ("u1", "u2", "u3"))
+    a1 = store.next_assignment(u1.id)
+    skip, _ = store.submit(u1.id, Answer(a1.assignment_id, "s", skip_reason="later"))
+    store.submit(u1.id, Answer(a1.assignment_id, "fix", choice="B", strength="better", supersedes=skip.id))
+    a2 = store.next_assignment(u2.id)
+    store.submit(u2.id, Answer(a2.assignment_id, "a2", choice="A", strength="better"))
+    assert store.next_assignment(u3.id) is None  # u1's corrected answer holds its slot again
+
+
+def test_answering_an_expired_showing_cannot_exceed_the_overlap(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add_tasks(pairwise(1, 1))
+    u1, u2 = (store.create_user(n, "labeler").user for n in ("u1", "u2"))
+    a1 = store.next_assignment(u1.id)
+    monkeypatch.setattr(store_mod, "ASSIGNMENT_TTL", timedelta(0))  # u1's showing is now older than the TTL
+    a2 = store.next_assignment(u2.id)
+    store.submit(u2.id, Answer(a2.assignment_id, "a2", choice="A", strength="better"))
+    with pytest.raises(Conflict, match="open longer than"):
+        store.submit(u1.id, Answer(a1.assignment_id, "a1", choice="A", strength="better"))
+    store.submit(u1.id, Answer(a1.assignment_id, "s1", skip_reason="too late anyway"))  # a skip is always fine
+    assert [j.user_id for j in store.judgments() if j.kind == "pairwise"] == [u2.id]
+
+
+def test_an_expired_showing_may_answer_while_its_slot_is_free(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add_tasks(pairwise(1, 1))
+    u1 = store.create_user("u1", "labeler").user
+    a1 = store.next_assignment(u1.id)
+    monkeypatch.setattr(store_mod, "ASSIGNMENT_TTL", timedelta(0))
+    rec, created = store.submit(u1.id, Answer(a1.assignment_id, "a1", choice="A", strength="better"))
+    assert created and rec.kind == "pairwise"
+
+
+# -- answers (items 8, 10) ------------------------------------------------------------------------------------------
+
+
+def test_a_superseded_flag_no_longer_hides_the_task(store: Store) -> None:
+    store.add_tasks(pairwise(1, 2))
+    u1, u2 = (store.create_user(n, "labeler").user for n in ("u1", "u2"))
+    a1 = store.next_assignment(u1.id)
+    flag, _ = store.submit(u1.id, Answer(a1.assignment_id, "f", flag="broken"))
+    assert store.next_assignment(u2.id) is None
+    store.submit(u1.id, Answer(a1.assignment_id, "fix", choice="A", strength="better", supersedes=flag.id))
+    assert store.next_assignment(u2.id).task_id == a1.task_id
+
+
+def test_contradictory_and_blank_answers_are_refused(store: Store) -> None:
+    store.add_tasks([TaskSpec("pairwise", "p", ["a", "b"], {}, 1), TaskSpec("ranking", "r", ["x", "y"], {}, 1)])
+    u = store.create_user("u", "labeler").user
+    a = store.next_assignment(u.id)
+    cases = [
+        (Answer(a.assignment_id, "c", choice="tie", strength="better"), "strength", "only with A or B"),
+        (Answer(a.assignment_id, "c", choice="both_bad", strength="much_better"), "strength", "only with A or B"),
+        (Answer(a.assignment_id, "c", skip_reason="   \t"), "skip_reason", "not blank"),
+        (Answer(a.assignment_id, "c\x00", choice="tie"), "client_id", "NUL"),
+        (Answer(a.assignment_id, "c", skip_reason="bad\x00reason"), "skip_reason", "NUL"),
+        (Answer(a.assignment_id, "c", flag="broken", note="n\x00"), "note", "NUL"),
+        (Answer(2**63, "c", choice="tie"), "assignment_id", "an id"),
+        (Answer(2**31, "c", choice="tie"), "assignment_id", "an id"),
+        (Answer(a.assignment_id, "c", choice="tie", supersedes=2**40), "supersedes", "an id"),
+        (Answer(a.assignment_id, "c", choice="tie", time_spent_ms=True), "time_spent_ms", "integer"),
+    ]
+    for ans, field, message in cases:
+        with pytest.raises(StoreError, match=message) as e:
+            store.submit(u.id, ans)
+        assert e.value.field == field and e.value.status == 422, (ans, e.value)
+    with pytest.raises(NotFound):
+        store.get_shown(u.id, 2**63)
+    with pytest.raises(StoreError, match="NUL"):
+        store.add_tasks([TaskSpec("pairwise", "p\x00", ["a", "b"], {}, 1)])
+    rec, _ = store.submit(u.id, Answer(a.assignment_id, "ok", choice="A", strength="better", note="A is kinder"))
+    assert rec.raw == {"choice": "A", "strength": "better", "note": "A is kinder"}  # the note is kept
+    r = store.next_assignment(u.id)
+    for ranks in ([2, 2], [True, True], [1, 3]):
+        with pytest.raises(StoreError, match="ranks"):
+            store.submit(u.id, Answer(r.assignment_id, "c", ranks=ranks))
+    assert store.submit(u.id, Answer(r.assignment_id, "tied", ranks=[1, 1]))[1]
+    with pytest.raises(StoreError, match="next rank skips"):
+        store.add_tasks([TaskSpec("ranking", "g", ["x", "y", "z"], gold_ranks=[1, 1, 2])])
+
+
+def test_reused_client_id_with_another_answer_is_a_conflict(store: Store) -> None:
+    store.add_tasks(pairwise(1, 1))
+    u = store.create_user("u", "labeler").user
+    a = store.next_assignment(u.id)
+    first, _ = store.submit(u.id, Answer(a.assignment_id, "same", choice="A", strength="better"))
+    again, created = store.submit(u.id, Answer(a.assignment_id, "same", choice="A", strength="better", time_spent_ms=9))
+    assert again == first and not created  # a retry (time may differ)
+    with pytest.raises(Conflict, match="different answer") as e:
+        store.submit(u.id, Answer(a.assignment_id, "same", choice="B", strength="better"))
+    assert e.value.field == "client_id"
+    with pytest.raises(StoreError, match="strength"):  # validated before it is compared
+        store.submit(u.id, Answer(a.assignment_id, "same", choice="A", strength="hugely"))
+    assert len(store.judgments()) == 1
+
+
+def test_ended_flags_are_stored_per_response(store: Store) -> None:
+    store.add_tasks([TaskSpec("pairwise", "p", ["cut", "done"], {}, 1, ended=[False, True])])
+    assert [t.ended for t in store.tasks()] == [[False, True]]
+    with pytest.raises(StoreError, match="ended") as e:
+        store.add_tasks([TaskSpec("pairwise", "q", ["a", "b"], {}, 1, ended=[True])])
+    assert e.value.field == "ended"
