@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.errors import UserError
-from rlhf.io import iter_jsonl, write_jsonl
+from rlhf.io import iter_jsonl, open_text, write_jsonl
 
 FORMATS = ("hh", "trl", "ultrafeedback")
 MAX_RESPONSES = 9
@@ -125,12 +125,16 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, str | None, Any]]:
         import pyarrow.parquet as pq
 
         n = 0
-        for batch in pq.ParquetFile(p).iter_batches():
-            for row in batch.to_pylist():
-                n += 1
-                yield f"{p}:row {n}", None, row
+        try:  # streamed batch by batch; a damaged file fails at its footer or at a bad page
+            for batch in pq.ParquetFile(p).iter_batches():
+                for row in batch.to_pylist():
+                    n += 1
+                    yield f"{p}:row {n}", None, row
+        except (OSError, ValueError, TypeError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+            raise UserError(f"{p}: not a readable Parquet file ({' '.join(str(e).split())[:200]}); check or "
+                            "re-export the file") from None
     else:
-        with p.open("r", encoding="utf-8") as f:
+        with open_text(p) as f:  # a non-UTF-8 line: one error naming the file and line
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -110,6 +110,25 @@ class RewardModel(torch.nn.Module):
         return members.mean(0), members
 
 
+def check_scalar_head(path: str | Path) -> None:
+    """Refuse a model that has no trained scalar head: a causal LM (e.g. an SFT folder) would load with a freshly
+    initialised random head, and PPO would then optimise noise. Checked from the model's config, before loading."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError):  # not a model folder or an unknown hub id: the loader below says so
+        return
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise UserError(f"{path} is a {archs[0]}, not a reward model (no trained scalar head: one would be initialised "
+                        f"at random); train one with `rlhf reward --model {path} --data PREFERENCES.jsonl` and pass "
+                        "its output folder")
+    if archs and getattr(config, "num_labels", 1) != 1:
+        raise UserError(f"{path} is a classifier with {config.num_labels} labels, not a scalar reward model "
+                        "(num_labels=1); pass a folder written by `rlhf reward`")
+
+
 def load_reward_model(path: str | Path, dtype: str = "fp32", device: str | torch.device = "cpu") -> RewardModel:
     """Load a folder written by `rlhf reward` (or any scalar-head model folder / hub id: then gain 1, bias 0 and a
     warning). Weights are frozen (requires_grad False) and the model is in eval mode."""
@@ -130,6 +149,7 @@ def load_reward_model(path: str | Path, dtype: str = "fp32", device: str | torch
     members, paths = [], []
     for spec in specs:
         member_path = folder / spec["path"] if spec["path"] != "." else path
+        check_scalar_head(member_path)
         model = load_scalar_model(member_path, dtype=dtype)
         model.requires_grad_(False)
         members.append(model.eval())

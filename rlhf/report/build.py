@@ -17,7 +17,7 @@ from typing import Any
 
 from rlhf.diagnose import Diagnosis, Stage, diagnose
 from rlhf.errors import UserError
-from rlhf.io import atomic_write_text, read_jsonl
+from rlhf.io import atomic_write_text, check_output, read_jsonl
 
 MAX_SAMPLES = 12  # rows in a samples table
 MAX_TEXT = 600  # characters of one prompt/response shown (the rest is cut with an ellipsis)
@@ -53,11 +53,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report for `run_dir` (a run folder or one stage's folder) to `out` (default RUN_DIR/report.html).
     Returns the path written. Raises UserError when the folder has nothing to report."""
     run = Path(run_dir)
+    path = check_output(Path(out) if out else run / "report.html", "file", "--out")  # before any work
     d = diagnose(run)
     html = render_html(d, sections(d))
-    path = Path(out) if out else run / "report.html"
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; pass a file name for --out, e.g. {path / 'report.html'}")
     atomic_write_text(path, html)
     path.chmod(0o644)  # a report is for sharing (the atomic temp file starts private)
     return path

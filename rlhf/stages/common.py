@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -17,9 +19,64 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rlhf.errors import UserError
-from rlhf.io import MetricsLogger, atomic_write_text, fsync_dir, truncate_metrics
+from rlhf.io import MetricsLogger, atomic_write_text, check_output, fsync_dir, truncate_metrics
 
 console = Console(stderr=True)
+C = TypeVar("C")
+
+# What a stage writes before its real work (resolved config, tokenizer, an empty metrics file, TensorBoard's first
+# event file): a folder holding only these has no results in it.
+SETUP_FILES = ("config.yaml", "demo_config.yaml", "*.config.yaml", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "vocab.json", "merges.txt",
+               "tokenizer.model", "events.out.tfevents.*", ".*.tmp")
+
+
+def stage_outputs(resolve: Callable[[Any], Any] | None = None,
+                  **outputs: Literal["dir", "file"]) -> Callable[[Callable[[C], Path]], Callable[[C], Path]]:
+    """Decorator of a stage's `run(cfg)`. `outputs` names the config fields that are output paths, each a folder
+    ('dir') or a file ('file'); `resolve(cfg)` fills fields the stage derives (eval's default out).
+
+    Before any work every output is checked (rlhf.io.check_output: a one-line error for a file where a folder is
+    expected or the reverse, or a path that cannot be written). If the stage then fails, a folder it created itself
+    and that holds no results yet (only SETUP_FILES and empty files) is removed: a failed run leaves no folder
+    holding only config.yaml, while a run that failed after logging keeps its metrics and checkpoint for
+    `rlhf doctor` and --resume."""
+
+    def wrap(run: Callable[[C], Path]) -> Callable[[C], Path]:
+        @functools.wraps(run)
+        def checked(cfg: C) -> Path:
+            resolved = resolve(cfg) if resolve is not None else cfg
+            created = []
+            for name, kind in outputs.items():
+                value = getattr(resolved, name)
+                if not value:
+                    continue
+                path = check_output(value, kind, f"config field '{name}'")
+                top = path if kind == "dir" else path.parent
+                if top.exists():
+                    continue
+                while not top.parent.exists():
+                    top = top.parent
+                created.append(top)  # the highest folder this run will create
+            try:
+                return run(cfg)
+            except BaseException:
+                for folder in created:
+                    if folder.is_dir() and not holds_results(folder):
+                        shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+        return checked
+
+    return wrap
+
+
+def holds_results(folder: Path) -> bool:
+    """Whether `folder` holds anything but SETUP_FILES and empty files (see stage_outputs)."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and p.stat().st_size > 0 and not any(p.match(pattern) for pattern in SETUP_FILES):
+            return True
+    return False
 
 
 def say(message: str) -> None:

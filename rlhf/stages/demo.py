@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from rlhf.config import Device, opt, save_config
 from rlhf.errors import UserError
-from rlhf.stages.common import console, stage_done, write_summary
+from rlhf.stages.common import console, stage_done, stage_outputs, write_summary
 
 # preset -> settings. `default` is what `make demo` runs; `tiny` is the fast version used by tests.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -42,6 +42,7 @@ class DemoConfig:
     device: Device = opt("auto", "auto, cpu or cuda")
 
 
+@stage_outputs(out="dir")
 def run(cfg: DemoConfig) -> Path:
     from rlhf.data.demo import write_demo_data
     from rlhf.stages import evaluate, ppo, reward, sample, sft

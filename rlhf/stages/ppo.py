@@ -164,6 +164,7 @@ class PPOConfig:
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
+@stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 def run(cfg: PPOConfig) -> Path:
     from rlhf.models.precision import (
         check_generation_backend,

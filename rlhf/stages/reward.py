@@ -39,6 +39,7 @@ from rlhf.stages.common import (
     save_training_checkpoint,
     say,
     set_seed,
+    stage_outputs,
     write_summary,
 )
 from rlhf.stages.sft import lr_factor
@@ -130,6 +131,7 @@ class RewardConfig:
         check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 8")
 
 
+@stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 def run(cfg: RewardConfig) -> Path:
     """Train cfg.ensemble reward models, evaluate them, normalise them; returns cfg.out (loads with
     `rlhf.models.reward.load_reward_model`, and member 0 with plain transformers)."""

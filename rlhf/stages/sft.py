@@ -27,6 +27,7 @@ from rlhf.stages.common import (
     save_training_checkpoint,
     say,
     set_seed,
+    stage_outputs,
     write_summary,
 )
 
@@ -83,6 +84,7 @@ class SFTConfig:
         check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 16")
 
 
+@stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 def run(cfg: SFTConfig) -> Path:
     """Train, evaluate, checkpoint; save an HF model folder at cfg.out. Returns cfg.out."""
     out = Path(cfg.out)
