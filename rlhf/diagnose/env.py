@@ -92,9 +92,12 @@ def _check_model(r: EnvReport, model: str) -> None:
     """Tokenizer traits that break code which does not pass (or read) the attention mask."""
     from transformers import AutoTokenizer
 
+    from rlhf.errors import UserError
+    from rlhf.models.gguf import resolve_model_source
+
     try:
-        tok = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as e:
+        tok = AutoTokenizer.from_pretrained(resolve_model_source(model))  # a GGUF source: its converted folder
+    except (OSError, ValueError, UserError) as e:
         r.warnings.append(f"could not load the tokenizer of '{model}': {str(e).splitlines()[0]}")
         return
     section = f"tokenizer of {model}"

@@ -28,8 +28,11 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def _check_source(name_or_path: str | Path) -> str:
-    """A path that looks local must exist; anything else is passed on as a hub id."""
-    s = str(name_or_path)
+    """A GGUF source (a .gguf file, a folder with one, a shipped model's name: rlhf.models.gguf) becomes its
+    converted HF folder; a path that looks local must exist; anything else is passed on as a hub id."""
+    from rlhf.models.gguf import resolve_model_source
+
+    s = resolve_model_source(name_or_path)
     p = Path(s)
     looks_local = s.startswith((".", "/", "~")) or p.exists() or s.count("/") > 1
     if looks_local and not p.exists():
