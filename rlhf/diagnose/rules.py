@@ -488,11 +488,15 @@ def eval_loss_rising(s: Stage) -> Hit | None:
     if len(ev) < 3:
         return None
     i = min(range(len(ev)), key=lambda j: ev.values[j])
-    low, last = ev.values[i], ev.values[-1]
-    if i == len(ev) - 1 or last <= low * (1 + EVAL_LOSS_RISE):
+    # the model the stage saved: the last evaluation's, or with reward early stopping the one of its best step
+    kept_step = ((s.summary or {}).get("early_stopping") or {}).get("best_step") if s.kind == "reward" else None
+    k = ev.steps.index(kept_step) if kept_step in ev.steps else len(ev) - 1
+    low, last = ev.values[i], ev.values[k]
+    if i == k or last <= low * (1 + EVAL_LOSS_RISE):
         return None
-    return Hit(WARNING, f"{key} was lowest ({low:.4g}) at step {ev.steps[i]} and rose to {last:.4g} by step "
-               f"{ev.steps[-1]} (+{last / low - 1:.0%})", (ev.steps[i], ev.steps[-1]))
+    kept = f"the kept step {ev.steps[k]} (early stopping)" if k < len(ev) - 1 else f"step {ev.steps[k]}"
+    return Hit(WARNING, f"{key} was lowest ({low:.4g}) at step {ev.steps[i]} and rose to {last:.4g} by {kept} "
+               f"(+{last / low - 1:.0%})", (ev.steps[i], ev.steps[k]))
 
 
 @rule("loss-not-falling", ("sft", "reward"), "Training loss is not falling",

@@ -191,9 +191,10 @@ def load_checkpoint_file(path: Path) -> Any:
 
 
 def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any, resume: bool,
-                    tag: str) -> tuple[int, int, MetricsLogger | None]:
+                    tag: str, extra: dict[str, Any] | None = None) -> tuple[int, int, MetricsLogger | None]:
     """The start of a step-based training loop (SFT, reward): with `resume` and a checkpoint in folder/checkpoint,
-    restore `module` (the unwrapped model), optimiser, scheduler and RNG, and drop the metrics rows logged after it.
+    restore `module` (the unwrapped model), optimiser, scheduler and RNG, and drop the metrics rows logged after it;
+    `extra` (a dict) is updated with the loop's own state saved by `save_training_checkpoint(extra=...)`.
     Returns (step, micro-batch, folder/metrics.jsonl's logger on the main process, else None)."""
     step, micro = 0, 0
     ckpt = recover_checkpoint_dir(folder / "checkpoint") if resume else None
@@ -204,6 +205,8 @@ def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, micro = state["step"], state["micro"]
+        if extra is not None:
+            extra.update(state.get("extra") or {})
         say(f"[{tag}] resumed from {ckpt} at step {step}")
         if acc.is_main_process:
             truncate_metrics(folder / "metrics.jsonl", step)
@@ -212,8 +215,9 @@ def resume_training(acc: Any, folder: Path, module: torch.nn.Module, optimizer: 
 
 
 def save_training_checkpoint(acc: Any, folder: Path, module: torch.nn.Module, optimizer: Any, scheduler: Any,
-                             step: int, micro: int) -> None:
-    """What `resume_training` restores, written atomically to folder/checkpoint by the main process."""
+                             step: int, micro: int, extra: dict[str, Any] | None = None) -> None:
+    """What `resume_training` restores, written atomically to folder/checkpoint by the main process. `extra`: the
+    loop's own state (tensors and plain values only, so that it loads with weights_only=True)."""
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return
@@ -221,9 +225,46 @@ def save_training_checkpoint(acc: Any, folder: Path, module: torch.nn.Module, op
     def build(tmp: Path) -> None:
         torch.save(module.state_dict(), tmp / "model.pt")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                    "step": step, "micro": micro}, tmp / "trainer_state.pt")
+                    "step": step, "micro": micro, "extra": extra or {}}, tmp / "trainer_state.pt")
 
     save_checkpoint_dir(build, folder / "checkpoint")
+
+
+class TrainStats:
+    """The training statistics of a step loop (SFT, reward) between two log rows, on one or several processes.
+
+    Each process `add`s its own micro-batches' stats (a key may be missing from a batch: a reward batch without a
+    tie has no tie loss) and tokens; `row` sums them over every process (a collective: every process calls it at the
+    same step), so a logged mean is over all processes' micro-batches since the last row, not over rank 0's alone.
+    """
+
+    def __init__(self, prefix: str, keys: tuple[str, ...]):
+        self.prefix, self.keys = prefix, keys
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {k: 0.0 for k in self.keys}
+        self.counts: dict[str, int] = {k: 0 for k in self.keys}
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def add(self, stats: dict[str, Any], tokens: int) -> None:
+        for k, v in stats.items():
+            self.sums[k] += float(v)
+            self.counts[k] += 1
+        self.tokens += tokens
+
+    def row(self, acc: Any, step: int, micro: int, batches_per_epoch: int) -> dict[str, float]:
+        """{step, epoch, PREFIX/KEY: mean over every process, throughput/tokens_per_s}; then starts a new window.
+
+        `micro` is this process's micro-batch count and `batches_per_epoch` the micro-batches of one epoch of all
+        processes together: each process takes every N-th batch, so N processes finish an epoch N times sooner."""
+        local = [[self.sums[k], self.counts[k]] for k in self.keys] + [[self.tokens, 0]]
+        totals = acc.reduce(torch.tensor(local, device=acc.device, dtype=torch.float64), "sum").tolist()
+        row: dict[str, float] = {"step": step, "epoch": micro * acc.num_processes / max(1, batches_per_epoch)}
+        row.update({f"{self.prefix}/{k}": s / n for k, (s, n) in zip(self.keys, totals) if n})
+        row["throughput/tokens_per_s"] = totals[-1][0] / max(time.perf_counter() - self.t0, 1e-9)
+        self.reset()
+        return row
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:

@@ -33,6 +33,7 @@ from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
 from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages.common import (
+    TrainStats,
     make_optimizer,
     progress,
     resume_training,
@@ -89,6 +90,11 @@ class RewardConfig:
     head_std: float | None = opt(None, "std of a fresh scalar head's N(0, std) init; empty = 1/sqrt(hidden+1) "
                                  "(Stiennon et al. 2020). A model that already has a reward head keeps it")
     eval_every: int = opt(50, "evaluate on the held-out pairs every N optimiser steps (and at the start and the end)")
+    early_stopping: bool = opt(False, "keep the weights of the held-out evaluation with the lowest eval/rm_loss and "
+                               "restore them before the model is saved and normalised (a reward model overfits its "
+                               "comparisons); needs held-out pairs")
+    early_stopping_patience: int = opt(3, "with early_stopping: stop training after this many evaluations in a row "
+                                       "without a new lowest held-out loss (0 = train to the end, then restore the best)")
     save_every: int = opt(100, "write checkpoint/ every N optimiser steps (0 = only at the end)")
     log_every: int = opt(10, "log training metrics every N optimiser steps")
     norm_samples: str = opt("", "`rlhf sample` JSONL ({prompt, responses, ended?}) of SFT samples on the prompt "
@@ -129,6 +135,8 @@ class RewardConfig:
         check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1",
               "use 1 or more")
         check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 8")
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0",
+              "use 0 (never stop early) or a number of evaluations like 3")
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
@@ -168,6 +176,9 @@ def run(cfg: RewardConfig) -> Path:
     evals = [p for p in evals if not p.tie]  # held-out accuracy has no meaning for a tie label
     if not train:
         raise UserError(f"{cfg.data}: no training pairs left (after skips and the held-out split); check the file")
+    if cfg.early_stopping and not evals:
+        raise UserError(f"early_stopping needs held-out pairs and {cfg.data} gave none ({eval_source}); set "
+                        "--eval_fraction, pass --eval_data, or set --early_stopping false")
     bayes = _bayes_accuracy(cfg)
     groups = len({p.group for p in train})
     say(f"[reward] {len(train)} training pairs in {groups} groups, {len(evals)} held-out pairs "
@@ -188,6 +199,9 @@ def run(cfg: RewardConfig) -> Path:
                         "skipped": {"data": dict(skips), "eval_data": dict(eval_skips)},
                         "eval_ties_excluded": eval_ties,
                         "train_s": time.perf_counter() - t_start})
+        if cfg.early_stopping:
+            kept = [_read_json(member_dir(out, m) / "member.json")["early_stopping"] for m in range(cfg.ensemble)]
+            summary["early_stopping"] = {**kept[0], **({"members": kept} if cfg.ensemble > 1 else {})}
         write_summary(out, summary)
         say(f"[reward] done: {_eval_line(summary)} -> {out}")
     acc.wait_for_everyone()
@@ -219,29 +233,42 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
     scorer, opt_ = acc.prepare(scorer, opt_)
 
-    step, micro, metrics = resume_training(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, cfg.resume, tag)
+    # early stopping: the trainable weights of the lowest held-out loss so far, restored at the end
+    keep = BestHeldout(cfg.early_stopping_patience) if cfg.early_stopping else None
+    extra: dict[str, Any] = {}
+    step, micro, metrics = resume_training(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, cfg.resume, tag,
+                                           extra)
+    if keep is not None and "best_heldout" in extra:
+        keep.load_state_dict(extra["best_heldout"])
 
     def log(row: dict[str, Any]) -> None:
         if metrics is not None:
             metrics.log(row)
 
     def save_checkpoint() -> None:
-        save_training_checkpoint(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, step, micro)
+        save_training_checkpoint(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, step, micro,
+                                 {"best_heldout": keep.state_dict()} if keep is not None else None)
 
-    def evaluate_now() -> dict[str, float]:
+    def evaluate_now() -> tuple[dict[str, float], bool]:
+        """Held-out metrics (logged) and whether early stopping ends training here. Every process gets the same
+        gathered scores, so every process makes the same decision."""
         chosen, rejected = score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, acc)
-        return eval_metrics(chosen, rejected, bayes)
+        ev = eval_metrics(chosen, rejected, bayes)
+        stop = False
+        if keep is not None:
+            stop = keep.update(acc.unwrap_model(scorer).model, step, ev["eval/rm_loss"])
+            ev.update({"eval/rm_best_loss": keep.best_loss, "eval/rm_best_step": keep.best_step})
+        log({"step": step, **ev})
+        return ev, stop
 
     if step == 0 and evals:
-        ev = evaluate_now()
-        log({"step": 0, **ev})
+        ev, _ = evaluate_now()
         say(f"[{tag}] untrained: {_eval_line(ev)}")
 
     # train: group-packed micro-batches in a seeded order per epoch; `micro` counts them for exact resume
     shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing
     scorer.train()
-    sums: Counter = Counter()
-    t_log, tokens = time.perf_counter(), 0
+    train_stats = TrainStats("rm", STAT_KEYS)  # means over every process's micro-batches since the last row
     with progress() as bar:
         task = bar.add_task(tag, total=total_steps, completed=step, info="")
         batches = iter_batches(train, cfg.batch_size, seed, acc.process_index, acc.num_processes, start=micro)
@@ -256,9 +283,7 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
                 rewards = scorer(batch["input_ids"], batch["attention_mask"], layout)  # (U,): one per response
                 loss, stats = preference_loss(rewards, batch, cfg.use_margin, cfg.center_coef)
                 acc.backward(loss)
-                sums.update({k: float(v) for k, v in stats.items()})
-                sums.update({f"n_{k}": 1 for k in stats})
-                tokens += int(batch["attention_mask"].sum())
+                train_stats.add(stats, int(batch["attention_mask"].sum()))
                 grad_norm = None
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0:
@@ -270,13 +295,8 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
                 continue
             step += 1
             if step % cfg.log_every == 0 or step == total_steps:
-                row = {"step": step, "epoch": micro * acc.num_processes / batches_per_epoch,
-                       "rm/lr": sched.get_last_lr()[0],
-                       "throughput/tokens_per_s": tokens * acc.num_processes / max(time.perf_counter() - t_log, 1e-9)}
-                # sums over every process's micro-batches since the last log (a batch may lack ties or preferences)
-                totals = acc.reduce(torch.tensor([[sums[k], sums[f"n_{k}"]] for k in STAT_KEYS], device=acc.device,
-                                                 dtype=torch.float64), "sum").tolist()
-                row.update({f"rm/{k}": s / n for k, (s, n) in zip(STAT_KEYS, totals) if n})
+                # a batch may lack ties or preferences: each stat is a mean over the batches that had it
+                row = {**train_stats.row(acc, step, micro, batches_per_epoch), "rm/lr": sched.get_last_lr()[0]}
                 if grad_norm is not None:
                     row["rm/grad_norm"] = grad_norm
                 if "rm/loss" in row and not math.isfinite(row["rm/loss"]):
@@ -284,14 +304,22 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
                                     "or check the data")
                 log(row)
                 bar.update(task, info=f"loss {row.get('rm/loss', float('nan')):.3f}")
-                sums, tokens, t_log = Counter(), 0, time.perf_counter()
             if evals and (step % cfg.eval_every == 0 or step == total_steps):
-                ev = evaluate_now()
-                log({"step": step, **ev})
+                ev, stop = evaluate_now()
                 bar.update(task, info=f"held-out acc {ev['eval/rm_accuracy']:.3f}")
+                if stop:
+                    say(f"[{tag}] early stopping at step {step}: no lower held-out loss in {keep.patience} "
+                        f"evaluations since step {keep.best_step}")
+                    break
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 save_checkpoint()
             bar.update(task, completed=step)
+    kept: dict[str, Any] = {}
+    if keep is not None:
+        keep.restore(acc.unwrap_model(scorer).model)
+        kept = {"early_stopping": {"best_step": keep.best_step, "best_loss": keep.best_loss, "last_step": step,
+                                   "stopped_early": step < total_steps, "patience": keep.patience}}
+        say(f"[{tag}] kept the weights of step {keep.best_step} (lowest held-out loss {keep.best_loss:.4f})")
 
     # save an HF folder that plain transformers loads: adapters merged, pad id set, tokenizer next to it
     acc.wait_for_everyone()
@@ -311,9 +339,42 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
         tokenizer.save_pretrained(folder)
         if metrics is not None:
             metrics.close()
-        atomic_write_text(folder / "member.json", _json({"member": member, "seed": seed, "steps": step}))
+        atomic_write_text(folder / "member.json", _json({"member": member, "seed": seed, "steps": step, **kept}))
     acc.free_memory()  # drop accelerate's references to this member's model and optimiser
     return step
+
+
+class BestHeldout:
+    """Early stopping on the held-out loss: a CPU copy of the trainable weights (with LoRA: adapters and head) at the
+    lowest `eval/rm_loss` so far, and how many evaluations have passed without a lower one."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_step, self.since_best = math.inf, -1, 0
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def update(self, module: torch.nn.Module, step: int, loss: float) -> bool:
+        """Record the evaluation at `step`; True when `patience` evaluations in a row found no lower loss."""
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.since_best = loss, step, 0
+            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if p.requires_grad}
+        else:
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
+
+    @torch.no_grad()
+    def restore(self, module: torch.nn.Module) -> None:
+        params = dict(module.named_parameters())
+        for n, w in self.weights.items():
+            params[n].copy_(w)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "since_best": self.since_best,
+                "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_loss, self.best_step, self.since_best = state["best_loss"], state["best_step"], state["since_best"]
+        self.weights = dict(state["weights"])
 
 
 def finalize(cfg: RewardConfig, tokenizer: Any, table: SequenceTable, train: list[Pair], evals: list[Pair],

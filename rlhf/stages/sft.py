@@ -21,6 +21,7 @@ from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import (
+    TrainStats,
     make_optimizer,
     progress,
     resume_training,
@@ -112,8 +113,9 @@ def run(cfg: SFTConfig) -> Path:
     evals = tokenize_examples(eval_rows, tokenizer, max_length, cfg.eval_data) if eval_rows else []
     mode = _mode(train_rows[0])
 
-    # 2. optimiser and schedule
-    steps_per_epoch = math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum * acc.num_processes))
+    # 2. optimiser and schedule; an epoch is every micro-batch once, shared out over the processes
+    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / (cfg.grad_accum * acc.num_processes))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
     opt_ = make_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
@@ -137,12 +139,12 @@ def run(cfg: SFTConfig) -> Path:
 
     # 4. train: micro-batches in a seeded order per epoch; `micro` counts micro-batches for exact resume
     model.train()
-    t_start, tokens_seen, t_log = time.perf_counter(), 0, time.perf_counter()
+    t_start = time.perf_counter()
+    stats = TrainStats("sft", ("loss",))  # means over every process's micro-batches since the last row
     with progress() as bar:
         task = bar.add_task(f"sft ({mode})", total=total_steps, completed=step, info="")
         batches = iter_batches(train, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes,
                                pad_id=tokenizer.pad_token_id, start=micro)
-        loss_sum, loss_n = 0.0, 0
         while step < total_steps:
             batch = next(batches)
             micro += 1
@@ -151,9 +153,7 @@ def run(cfg: SFTConfig) -> Path:
                 out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"], use_cache=False)
                 acc.backward(out_.loss)
-                loss_sum += out_.loss.item()
-                loss_n += 1
-                tokens_seen += int(batch["attention_mask"].sum())
+                stats.add({"loss": out_.loss.detach()}, int(batch["attention_mask"].sum()))
                 grad_norm = None
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0:
@@ -165,10 +165,7 @@ def run(cfg: SFTConfig) -> Path:
                 continue
             step += 1
             if step % cfg.log_every == 0 or step == total_steps:
-                dt = time.perf_counter() - t_log
-                row = {"step": step, "epoch": micro / max(1, math.ceil(len(train) / cfg.batch_size)),
-                       "sft/loss": loss_sum / loss_n, "sft/lr": sched.get_last_lr()[0],
-                       "throughput/tokens_per_s": tokens_seen * acc.num_processes / max(dt, 1e-9)}
+                row = {**stats.row(acc, step, micro, batches_per_epoch), "sft/lr": sched.get_last_lr()[0]}
                 if grad_norm is not None:
                     row["sft/grad_norm"] = grad_norm
                 if not math.isfinite(row["sft/loss"]):
@@ -176,7 +173,6 @@ def run(cfg: SFTConfig) -> Path:
                                     f"(now {cfg.lr}) or check the data")
                 log(row)
                 bar.update(task, info=f"loss {row['sft/loss']:.3f}")
-                loss_sum, loss_n, tokens_seen, t_log = 0.0, 0, 0, time.perf_counter()
             if evals and (step % cfg.eval_every == 0 or step == total_steps):
                 ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
                 log({"step": step, **ev})

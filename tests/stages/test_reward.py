@@ -4,6 +4,7 @@ plain-transformers loading, resume, ensembles, LoRA."""
 import json
 import logging
 import math
+import random
 import subprocess
 import sys
 
@@ -407,6 +408,144 @@ def test_resume_gives_identical_weights(base, tmp_path, monkeypatch):
         assert torch.equal(wa[k], wb[k]), k
     steps = [r["step"] for r in _metrics(resumed) if "rm/loss" in r]
     assert steps == sorted(steps) and steps[-1] == 7
+
+
+def test_training_forwards_are_deterministic_with_dropout_in_the_config(tokenizer, tmp_path):
+    """OPT copies its dropout rates into plain float attributes at init (`self.dropout = config.dropout`), so only a
+    walk over the built model turns them off; the reward stage's model must give equal training-mode forwards."""
+    from transformers import OPTConfig, OPTForSequenceClassification
+
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                       num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=128, dropout=0.1,
+                       attention_dropout=0.1, activation_dropout=0.1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    OPTForSequenceClassification(config).save_pretrained(tmp_path / "opt")
+    tokenizer.save_pretrained(tmp_path / "opt")
+    model, _ = reward.build_model(_cfg(tmp_path / "opt", "unused.jsonl", tmp_path / "rm"), tokenizer, seed=0)
+    scorer = LastTokenScorer(model).train()
+    ids = torch.tensor([encode_prompt(tokenizer, "the hotel") + encode_response(tokenizer, " was clean.", True)] * 4)
+    mask = torch.ones_like(ids)
+    first, second = scorer(ids, mask), scorer(ids, mask)
+    assert torch.equal(first, second)
+    assert torch.equal(first, LastTokenScorer(model).eval()(ids, mask))  # dropout off: train mode = eval mode
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# early stopping on the held-out loss
+
+
+def _overfitting_rows():
+    """32 pairs: 8 clean held-out pairs, 24 training pairs of which a quarter have their labels swapped. With lr 1e-3
+    for 60 steps (20 epochs) the held-out loss falls for about 10 steps, then rises far above its minimum."""
+    rng = random.Random(1)
+    rows = pair_rows(32, seed=3)
+    for i, r in enumerate(rows):
+        r["split"] = "heldout" if i % 4 == 0 else "train"
+        if r["split"] == "train" and rng.random() < 0.25:
+            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+    return rows
+
+
+def _overfit_cfg(base, data, out, **kw):
+    return _cfg(base, data, out, **{"max_steps": 60, "batch_size": 8, "lr": 1e-3, "schedule": "constant", **kw})
+
+
+@pytest.fixture(scope="module")
+def overfit(base, tmp_path_factory):
+    """The same overfitting run three ways: early stopping off, on without stopping (patience 0), on with patience 2."""
+    d = tmp_path_factory.mktemp("overfit")
+    write_jsonl(d / "prefs.jsonl", _overfitting_rows())
+    variants = {"off": {}, "kept": dict(early_stopping=True, early_stopping_patience=0),
+                "stopped": dict(early_stopping=True, early_stopping_patience=2)}
+    return {name: reward.run(_overfit_cfg(base, d / "prefs.jsonl", d / name, **kw)) for name, kw in variants.items()}
+
+
+def _eval_curve(folder):
+    return [(r["step"], r["eval/rm_loss"]) for r in _metrics(folder) if "eval/rm_loss" in r]
+
+
+def _summary(folder):
+    return json.loads((folder / "summary.json").read_text())
+
+
+def test_early_stopping_saves_the_best_heldout_weights_and_off_keeps_the_last(overfit):
+    from safetensors.torch import load_file
+
+    curve = _eval_curve(overfit["off"])
+    best_step, best = min(curve, key=lambda x: x[1])
+    assert 0 < best_step < curve[-1][0] and curve[-1][1] > 1.5 * best, curve  # the run overfits
+    # off: the last weights are saved, normalised and evaluated (finalize re-scores the saved folder)
+    off = _summary(overfit["off"])
+    assert "early_stopping" not in off and off["steps"] == 60
+    assert off["eval/rm_loss"] == pytest.approx(curve[-1][1], rel=1e-4)
+    # on, patience 0: the same training (same curve), but the saved model is the one of the lowest held-out loss
+    kept = _summary(overfit["kept"])
+    kept_curve = _eval_curve(overfit["kept"])
+    assert [x for x, _ in kept_curve] == [x for x, _ in curve]
+    assert [y for _, y in kept_curve] == pytest.approx([y for _, y in curve], rel=1e-6)
+    assert kept["eval/rm_loss"] == pytest.approx(best, rel=1e-4)
+    assert kept["early_stopping"] == {"best_step": best_step, "best_loss": pytest.approx(best), "last_step": 60,
+                                      "stopped_early": False, "patience": 0}
+    rows = [r for r in _metrics(overfit["kept"]) if "eval/rm_loss" in r]
+    assert (rows[-1]["eval/rm_best_step"], rows[-1]["eval/rm_best_loss"]) == (best_step, pytest.approx(best))
+    assert json.loads((overfit["kept"] / "member.json").read_text())["early_stopping"]["best_step"] == best_step
+    # on, patience 2: training stops at the second evaluation in a row without a new minimum
+    low, since, stop = math.inf, 0, None
+    for step, loss in curve:
+        low, since = (loss, 0) if loss < low else (low, since + 1)
+        if since == 2:
+            stop = step
+            break
+    stopped = _summary(overfit["stopped"])
+    assert stop is not None and stopped["steps"] == stop < 60
+    assert stopped["early_stopping"]["stopped_early"] and stopped["early_stopping"]["best_step"] == best_step
+    assert stopped["eval/rm_loss"] == pytest.approx(best, rel=1e-4)
+    assert _eval_curve(overfit["stopped"])[-1][0] == stop
+    w_kept, w_stopped = load_file(overfit["kept"] / "model.safetensors"), load_file(overfit["stopped"] / "model.safetensors")
+    assert all(torch.equal(w_kept[k], w_stopped[k]) for k in w_kept)  # both saved the weights of step best_step
+
+
+def test_doctor_judges_the_kept_checkpoint_of_an_early_stopped_run(overfit):
+    from rlhf.diagnose.doctor import diagnose
+
+    assert "eval-loss-rising" in diagnose(overfit["off"]).rules_hit()  # the last weights are the overfit ones
+    assert "eval-loss-rising" not in diagnose(overfit["kept"]).rules_hit()  # the same curve, but the best was kept
+    assert "eval-loss-rising" not in diagnose(overfit["stopped"]).rules_hit()
+
+
+def test_resume_keeps_the_best_heldout_weights_of_before_the_crash(base, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    write_jsonl(tmp_path / "p.jsonl", _overfitting_rows())
+    kw = dict(max_steps=20, save_every=12, early_stopping=True, early_stopping_patience=0)
+    straight = reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "a", **kw))
+    best_step = _summary(straight)["early_stopping"]["best_step"]
+    assert best_step < 12  # the best weights are only in the checkpoint when the run resumes
+
+    class Crash(Exception):
+        pass
+
+    real_save = common.save_checkpoint_dir
+
+    def save_then_crash(build, final_dir):
+        real_save(build, final_dir)
+        raise Crash
+
+    monkeypatch.setattr(common, "save_checkpoint_dir", save_then_crash)
+    with pytest.raises(Crash):
+        reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", **kw))
+    monkeypatch.setattr(common, "save_checkpoint_dir", real_save)
+    resumed = reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", resume=True, **kw))
+    assert _summary(resumed)["early_stopping"] == _summary(straight)["early_stopping"]
+    wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_early_stopping_needs_heldout_pairs(base, tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", pair_rows(16, seed=2))
+    with pytest.raises(UserError, match="early_stopping needs held-out pairs"):
+        reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "rm", eval_fraction=0, early_stopping=True))
 
 
 def test_ensemble_saves_members_and_loads_member_scores(base, tmp_path, tokenizer):

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +105,41 @@ def test_resume_is_bit_identical(text_data, tmp_path, monkeypatch):
         assert torch.equal(wa[k], wb[k]), k
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 12
+
+
+@pytest.mark.slow
+def test_two_processes_log_whole_epochs_and_the_loss_of_every_rank(base_model, tmp_path):
+    """One epoch on 2 CPU processes (gloo) logs epoch 1.0 at its end, and each logged `sft/loss` is the mean over
+    both ranks' micro-batches since the last row (each rank records the loss of every training forward it ran)."""
+    write_jsonl(tmp_path / "train.jsonl", [{"text": SENTENCES[i % len(SENTENCES)]} for i in range(64)])
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from rlhf.stages import sft\n"
+        "seen, build = [], sft._model\n"
+        "def _model(*a, **kw):\n"
+        "    model, peft = build(*a, **kw)\n"
+        "    model.register_forward_hook(lambda m, args, out: seen.append(float(out.loss)) if m.training else None)\n"
+        "    return model, peft\n"
+        "sft._model = _model\n"
+        "sft.run(sft.SFTConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], epochs=1.0, batch_size=8, lr=1e-3,"
+        " warmup_steps=1, log_every=2, save_every=0, device='cpu'))\n"
+        "open(os.path.join(sys.argv[3], f\"seen_{os.environ['RANK']}.json\"), 'w').write(json.dumps(seen))\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "two"
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(base_model),
+                        str(tmp_path / "train.jsonl"), str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    seen = [json.loads((out / f"seen_{rank}.json").read_text()) for rank in (0, 1)]
+    # 64 rows / batch 8 = 8 micro-batches an epoch, 4 per rank: 4 optimiser steps, logged at steps 2 and 4
+    assert [r["step"] for r in rows] == [2, 4] and len(seen[0]) == len(seen[1]) == 4
+    assert [r["epoch"] for r in rows] == [0.5, 1.0]
+    for row, lo in zip(rows, (0, 2)):
+        ranks = [sum(s[lo: lo + 2]) / 2 for s in seen]
+        assert ranks[0] != pytest.approx(ranks[1], rel=1e-3)  # the ranks saw different data
+        assert row["sft/loss"] == pytest.approx(sum(ranks) / 2, rel=1e-5), (row, ranks)
 
 
 def test_sample_writes_k_responses(base_model, text_data, tmp_path):
