@@ -194,3 +194,36 @@ def test_resume_refuses_a_planted_pickle_without_running_it(models, capsys, tmp_
         _plant(out / "checkpoint", marker, model_files)
         one_line_error(capsys, argv + ["--out", str(out), "--resume", "true"], "trainer_state.pt", "refused to load")
         assert not marker.exists(), name  # the pickle was never run
+
+
+def test_a_failed_stage_removes_only_a_folder_it_created_without_results(tmp_path):
+    from rlhf.errors import UserError
+    from rlhf.stages.common import stage_outputs
+
+    class Cfg:
+        def __init__(self, out):
+            self.out = str(out)
+
+    def failing(write):
+        @stage_outputs(out="dir")
+        def run(cfg):
+            out = Path(cfg.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text("x: 1\n")
+            (out / "metrics.jsonl").touch()  # opened, nothing logged yet
+            for name in write:
+                (out / name).write_text("{}\n")
+            raise UserError("failed")
+
+        return run
+
+    for out, write, kept in [(tmp_path / "new" / "run", [], False),  # created here, only setup files: removed
+                             (tmp_path / "logged", ["summary.json"], True)]:  # results: kept for doctor / --resume
+        with pytest.raises(UserError):
+            failing(write)(Cfg(out))
+        assert out.exists() == kept
+    assert not (tmp_path / "new").exists()  # the highest folder it created goes too
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(UserError):
+        failing([])(Cfg(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "config.yaml").exists()  # a folder that existed before is never removed

@@ -27,3 +27,30 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n{oops\n')
     with pytest.raises(UserError, match=r"b.jsonl:2: not valid JSON"):
         read_jsonl(tmp_path / "b.jsonl")
+
+
+def test_open_text_names_the_bad_line_and_a_folder(tmp_path):
+    from rlhf.io import open_text
+
+    (tmp_path / "a.jsonl").write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": "\xff"}\n')
+    with pytest.raises(UserError, match=r"a.jsonl:3: not UTF-8 text \(byte b'\\xff' at column 8\)"):
+        read_jsonl(tmp_path / "a.jsonl")
+    with pytest.raises(UserError, match="a folder, not a file"):
+        open_text(tmp_path)
+    with open_text(tmp_path / "a.jsonl") as f:
+        assert next(iter(f)) == '{"a": 1}\n'
+
+
+def test_check_output_creates_nothing_and_names_the_path(tmp_path):
+    from rlhf.io import check_output
+
+    assert check_output(tmp_path / "new" / "deeper", "dir") == tmp_path / "new" / "deeper"
+    assert check_output(tmp_path / "new" / "x.jsonl", "file") == tmp_path / "new" / "x.jsonl"
+    assert list(tmp_path.iterdir()) == []  # checked, not created
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=r"--out: .*/f is a file, not a folder"):
+        check_output(tmp_path / "f", "dir", "--out")
+    with pytest.raises(UserError, match=r"is a folder, not a file"):
+        check_output(tmp_path, "file")
+    with pytest.raises(UserError, match=r"cannot create the file .*/f/x.jsonl: .*/f is a file"):
+        check_output(tmp_path / "f" / "x.jsonl", "file")
