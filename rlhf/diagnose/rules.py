@@ -29,6 +29,9 @@ KL_PER_TOKEN_WARN, KL_PER_TOKEN_SEVERE = 0.3, 1.0  # nats per response token, la
 KL_TARGET_WARN, KL_TARGET_SEVERE = 2.0, 4.0  # x kl_target, with adaptive_kl
 NEG_KL_NATS = 0.05  # mean sequence KL below -this (and most updates negative) = log-prob mismatch
 START_KL_NATS = 0.05  # |KL| at update 1 with the reference = initial policy
+# rollout/logprob_diff_mean (nats/token, training forward vs the rollout's log-probs before any step): fp32 runs sit
+# near 1e-7, a bf16 KV-cache sampler near 2e-4; a separate engine in bf16 (vLLM) typically 1e-2
+LOGPROB_DIFF_WARN, LOGPROB_DIFF_SEVERE = 1e-3, 2e-2
 ENTROPY_WARN, ENTROPY_SEVERE = 0.3, 0.1  # last window / first window
 CLIPFRAC_WARN, CLIPFRAC_SEVERE = 0.3, 0.5  # median over the run
 APPROXKL_WARN, APPROXKL_SEVERE = 0.05, 0.5  # median over the run
@@ -229,6 +232,36 @@ def kl_nonzero_at_start(s: Stage) -> Hit | None:
         return None
     return Hit(WARNING, f"objective/kl is {kl.values[0]:.3g} nats at update 1 although the reference is the initial "
                "policy (config ref: '')", (1, 1), _sampling_advice(s))
+
+
+@rule("logprob-mismatch", ("ppo",), "The trainer's log-probs disagree with the sampler's",
+      why="Before the first optimiser step of an update the training forward must give each sampled token the log-"
+          "probability the rollout recorded (the PPO ratio is then exactly 1). A gap means the samples come from "
+          "another distribution than the one PPO scores and optimises: a checkpoint's own generation settings "
+          "applied by the sampler (repetition_penalty, no_repeat_ngram_size, ...), a sampling engine with other "
+          "kernels or precision (vLLM in bf16), stale weights in the engine (a missed LoRA/weight sync), dropout on "
+          "in one of the two, or a different temperature. The ratio, the KL and the advantages are then off-policy.",
+      fix="Use rollout_logprobs: recompute (the trainer scores the samples itself); sample with the trainer's "
+          "precision; check that the engine receives the policy's weights every update; keep top_p 1.0 / top_k 0; "
+          "rlhf builds an explicit generation config, so a gap with generation_backend transformers is a bug to "
+          "report.")
+def logprob_mismatch(s: Stage) -> Hit | None:
+    diff = s.series("rollout/logprob_diff_mean").finite()
+    if not len(diff):
+        return None
+    worst = max(range(len(diff)), key=lambda i: diff.values[i])
+    peak = diff.values[worst]
+    if peak <= LOGPROB_DIFF_WARN:
+        return None
+    big = sum(v > LOGPROB_DIFF_WARN for v in diff.values)
+    dmax = s.series("rollout/logprob_diff_max")
+    at = dict(zip(dmax.steps, dmax.values)).get(diff.steps[worst])
+    return Hit(SEVERE if peak > LOGPROB_DIFF_SEVERE else WARNING,
+               f"rollout/logprob_diff_mean peaks at {peak:.3g} nats/token at update {diff.steps[worst]}"
+               + (f" (largest token gap {at:.3g})" if at is not None else "")
+               + f"; above {LOGPROB_DIFF_WARN:g} on {big} of {len(diff)} updates", _range(diff),
+               f"generation_backend={s.config.get('generation_backend', 'transformers')}, "
+               f"rollout_logprobs={s.config.get('rollout_logprobs', 'auto')}, dtype={s.config.get('dtype', 'fp32')}.")
 
 
 @rule("entropy-collapse", ("ppo",), "Policy entropy collapsed",

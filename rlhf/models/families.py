@@ -91,6 +91,24 @@ FAMILIES: dict[str, Family] = {
                        add_bos=False, padding_side="right", chat_template=None),
 }
 
+# Families outside the main matrix, each for one trap: OPT copies its dropout rates into float attributes at init
+# (a config edit does not turn them off); Granite divides its logits by `logits_scaling`, Cohere multiplies them by
+# `logit_scale` (an output path that skips the LM's own forward gets them wrong).
+MORE_FAMILIES: dict[str, Family] = {
+    "opt": Family("opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=256, word_embed_proj_dim=64, dropout=0.1, attention_dropout=0.1,
+                              activation_dropout=0.1),
+                  ["<s>", "<pad>", "</s>", "<unk>"], bos="</s>", eos="</s>", pad="<pad>", add_bos=True,
+                  padding_side="right", chat_template=None, extra={"unk_token": "<unk>"}),
+    "granite": Family("granite", dict(_SIZE, num_key_value_heads=2, logits_scaling=8.0, embedding_multiplier=12.0,
+                                      residual_multiplier=0.22, attention_multiplier=0.0625, tie_word_embeddings=True),
+                      ["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>"], bos=None, eos="<|end_of_text|>",
+                      pad=None, add_bos=False, padding_side="left", chat_template=None),
+    "cohere": Family("cohere", dict(_SIZE, num_key_value_heads=2, logit_scale=0.0625, tie_word_embeddings=True),
+                     ["<PAD>", "<BOS_TOKEN>", "<EOS_TOKEN>"], bos="<BOS_TOKEN>", eos="<EOS_TOKEN>", pad="<PAD>",
+                     add_bos=True, padding_side="left", chat_template=None),
+}
+
 CORPUS = [
     "the blender works well and the price was fair.",
     "this film was slow and the ending felt cheap.",
@@ -103,9 +121,10 @@ CORPUS = [
 
 
 def family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise UserError(f"unknown model family '{name}'; choose one of: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    known = {**FAMILIES, **MORE_FAMILIES}
+    if name not in known:
+        raise UserError(f"unknown model family '{name}'; choose one of: {', '.join(known)}")
+    return known[name]
 
 
 def family_tokenizer(name: str, texts: list[str] | None = None, vocab_size: int = 400) -> PreTrainedTokenizerFast:

@@ -1,7 +1,8 @@
 """A policy with a value head on its own backbone (the shared-backbone option of PPO).
 
 One forward gives the LM logits and per-token values, so PPO runs one transformer instead of two per minibatch
-(Ziegler et al. 2019 found separate networks more stable; this is the cheaper option, off by default).
+(Stiennon et al. 2020 keep the value network separate so that its updates cannot damage the pretrained policy;
+this is the cheaper option, off by default).
 """
 
 from __future__ import annotations

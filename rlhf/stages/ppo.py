@@ -56,7 +56,7 @@ class PPOConfig:
     policy: str = opt("", "the SFT model folder or hub id: the initial policy (and the reference unless --ref)")
     ref: str = opt("", "reference model; empty = a frozen copy of --policy (with --lora_r: the policy, adapters off)")
     reward: str = opt("", "reward model folder (from `rlhf reward`; its reward_config.json gain/bias are applied)")
-    value: str = opt("", "value model init; empty = the reward model's backbone (Ziegler et al. 2019)")
+    value: str = opt("", "value model init; empty = the reward model's backbone (Stiennon et al. 2020)")
     value_head_init: Literal["zero", "keep"] = opt("zero", "value head start: zero (lm-human-preferences) or keep "
                                                    "(the reward head)")
     prompts: str = opt("", "JSONL of training prompts {'prompt_id', 'prompt'}")
@@ -94,7 +94,7 @@ class PPOConfig:
     cliprange_value: float | None = opt(0.2, "value clip around the rollout values (None = unclipped MSE)")
     vf_coef: float = opt(0.1, "value loss coefficient (TRL: 0.1)")
     shared_value_head: bool = opt(False, "value head on the policy's backbone (one forward, less memory) instead of "
-                                  "a separate value model (the default: Ziegler et al. 2019 found it more stable)")
+                                  "a separate value model (the default, as in Stiennon et al. 2020)")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient (0 = off)")
     target_approx_kl: float = opt(0.0, "stop an update's epochs early once approx KL exceeds this (0 = never)")
     lr: float = opt(1e-5, "policy learning rate (Adam)")
