@@ -79,8 +79,8 @@ def _coerce_choice(cls: type, name: str, choices: tuple[Any, ...], value: Any, s
     shown = [show_choice(c) for c in choices]
     close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices if c != ""], n=1, cutoff=0.75)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise ConfigError(f"{source}: field '{name}' of {cls.__name__}: unknown value {value!r}{hint}; use one of "
-                      f"{', '.join(shown)}")
+    where = f"config field '{name}'" if source == "config" else f"{source}: field '{name}' of {cls.__name__}"
+    raise ConfigError(f"{where}: unknown value {value!r}{hint}; use one of {', '.join(shown)}")
 
 
 def _coerce(cls: type, name: str, tp: Any, value: Any, source: str) -> Any:
@@ -219,6 +219,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
+def check_choices(cfg: Any) -> None:
+    """`validate()` helper: every `Literal` field of a config made in Python (not through `build_config`, which
+    checks them as it coerces) holds one of its choices; else ConfigError naming the field, value and choices."""
+    for name, tp in _field_types(type(cfg)).items():
+        choices = choices_of(tp)
+        value = getattr(cfg, name)
+        if choices is not None and not (value is None and _base_type(tp)[1]):
+            _coerce_choice(type(cfg), name, choices, value, "config")
 
 
 def check(condition: bool, field: str, problem: str, fix: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhf.config import Device, check, opt, save_config
+from rlhf.config import Device, check, check_choices, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.stages.common import console, stage_done, stage_outputs, write_summary
@@ -66,6 +66,7 @@ class DemoConfig:
     device: Device = opt("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         if self.seeds:
             check(_parse_seeds(self.seeds) is not None, "seeds", f"'{self.seeds}' is not a list of distinct "
                   "integers", "use e.g. --seeds 0,1,2")

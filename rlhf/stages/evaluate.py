@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, Gold, check, load_yaml, opt, save_config
+from rlhf.config import Device, Dtype, Gold, check, check_choices, load_yaml, opt, save_config
 from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
@@ -70,6 +70,7 @@ class EvalConfig:
     label_overlap: int = opt(1, "distinct labelers per labeling task")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.policy), "policy", "no policy model given", "pass --policy RUN/ppo")
         check(bool(self.reward), "reward", "no reward model given", "pass --reward RUN/reward")
         check(self.n_prompts >= 0, "n_prompts", "must be >= 0", "use 0 for all prompts")

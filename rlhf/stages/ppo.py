@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlhf.config import Device, Dtype, Gold, LoadIn, check, opt, save_config
+from rlhf.config import Device, Dtype, Gold, LoadIn, check, check_choices, opt, save_config
 from rlhf.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -133,6 +133,7 @@ class PPOConfig:
     resume: bool = opt(False, "continue from out/checkpoint if present")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.policy), "policy", "no policy model given", "pass --policy SFT_FOLDER")
         check(bool(self.reward), "reward", "no reward model given", "pass --reward REWARD_FOLDER")
         check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")

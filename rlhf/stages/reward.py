@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from rlhf.config import Device, Dtype, LoadIn, Schedule, check, opt, save_config
+from rlhf.config import Device, Dtype, LoadIn, Schedule, check, check_choices, opt, save_config
 from rlhf.core import pairwise_loss
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
@@ -118,6 +118,7 @@ class RewardConfig:
     resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
         check(bool(self.model), "model", "no model given", "pass --model runs/NAME/sft (or a hub id)")
         check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",

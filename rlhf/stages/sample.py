@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, check, opt, save_config
+from rlhf.config import Device, Dtype, check, check_choices, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
@@ -46,6 +46,7 @@ class SampleConfig:
                                             "them; the choice and the settings used are written to each row")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")
         check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")
         check(self.k >= 1, "k", f"{self.k} responses per prompt", "use k >= 1")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, LoadIn, Schedule, check, opt, save_config
+from rlhf.config import Device, Dtype, LoadIn, Schedule, check, check_choices, opt, save_config
 from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
@@ -76,6 +76,7 @@ class SFTConfig:
     resume: bool = opt(False, "continue from out/checkpoint if it exists")
 
     def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.data), "data", "no training data given", "pass --data FILE.jsonl")
         check(self.max_length >= 8, "max_length", f"{self.max_length} is too small", "use at least 8")
         check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
