@@ -6,17 +6,20 @@ Outputs at masked positions are 0. Bad input raises ValueError naming the proble
 
 from rlhf.core.kl import KL_KINDS, AdaptiveKLController, FixedKLController, kl_estimate, shape_rewards
 from rlhf.core.logits import entropy_from_logits, logprobs_from_logits
-from rlhf.core.ppo import gae, ppo_policy_loss, ppo_value_loss
+from rlhf.core.ppo import IS_KINDS, gae, importance_weights, length_adaptive_lam, ppo_policy_loss, ppo_value_loss
 from rlhf.core.preference import pairwise_loss, ranking_to_pairs
 from rlhf.core.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "IS_KINDS",
     "KL_KINDS",
     "AdaptiveKLController",
     "FixedKLController",
     "entropy_from_logits",
     "gae",
+    "importance_weights",
     "kl_estimate",
+    "length_adaptive_lam",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",

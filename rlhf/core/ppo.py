@@ -21,20 +21,29 @@ def _check_inputs(fn: str, mask: torch.Tensor, first: str, x: torch.Tensor, **ot
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over each response, computed without gradients.
 
     rewards, values, mask: (B, T), mask right-padded with >= 1 valid token per row.
     delta_t = r_t + gamma * V_{t+1} - V_t, with V = 0 after the last valid token (the episode ends there);
     A_t = delta_t + gamma * lam * A_{t+1}; returns = A + V. Returns (advantages, returns), each (B, T),
-    0 at masked positions, not whitened.
+    0 at masked positions, not whitened. `lam` is a number or a (B,) tensor of one lambda per row (VAPO's
+    length-adaptive lambda: `length_adaptive_lam`).
     """
     # Schulman et al. 2015, "High-Dimensional Continuous Control Using Generalized Advantage Estimation", eq. 16.
     fn = "gae"
     _check_inputs(fn, mask, "rewards", rewards, values=values)
     gamma = check_number(fn, "gamma", gamma, low=0.0, high=1.0)
-    lam = check_number(fn, "lam", lam, low=0.0, high=1.0)
+    if isinstance(lam, torch.Tensor):
+        if lam.shape != rewards.shape[:1]:
+            raise ValueError(f"{fn}: a tensor `lam` must have shape (B,) = ({rewards.shape[0]},), one lambda per row; "
+                             f"got {tuple(lam.shape)}")
+        if not bool(((lam >= 0) & (lam <= 1)).all()):
+            raise ValueError(f"{fn}: every `lam` must be in [0, 1]; got min {float(lam.min())}, max {float(lam.max())}")
+        lam = lam.to(rewards.dtype)
+    else:
+        lam = check_number(fn, "lam", lam, low=0.0, high=1.0)
     check_rows(fn, mask)
     with torch.no_grad():
         r = _zero_masked(rewards, mask)
@@ -52,12 +61,56 @@ def gae(
         return adv, _zero_masked(adv + v, mask)
 
 
+def length_adaptive_lam(lengths: torch.Tensor, alpha: float) -> torch.Tensor:
+    """VAPO's length-adaptive GAE lambda for the policy (Yue et al. 2025, eq. 8): lam = 1 - 1 / (alpha * length),
+    so that the sum of the TD weights, 1 / (1 - lam), grows with the response length (alpha = 0.05 there).
+    lengths: (B,) valid tokens per response (>= 1). Returns (B,) float, clipped to [0, 1] (short responses get 0)."""
+    fn = "length_adaptive_lam"
+    check_tensor(fn, "lengths", lengths)
+    alpha = check_number(fn, "alpha", alpha, low=0.0, low_open=True)
+    if lengths.dim() != 1 or bool((lengths < 1).any()):
+        raise ValueError(f"{fn}: `lengths` must be a (B,) tensor of response lengths >= 1")
+    return (1.0 - 1.0 / (alpha * lengths.to(torch.float32))).clamp(0.0, 1.0)
+
+
+IS_KINDS = ("tis", "mis")
+
+
+def importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, kind: str,
+                       threshold: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token importance weights that correct for a sampler whose probabilities differ from the trainer's
+    (a separate engine such as vLLM, other kernels or precision), computed without gradients.
+
+    rho = exp(trainer_logp - sampler_logp): the trainer's old policy over the distribution that really sampled.
+    kind "tis" (truncated IS; Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training"): w = min(rho, threshold). kind "mis" (masked IS): w = rho where rho <= threshold, else 0 (the token
+    is dropped from the policy loss). Returns (w (B, T), 0 at masked positions; stats: mean weight, fraction of
+    valid tokens truncated or masked, mean |trainer - sampler| log-prob gap)."""
+    fn = "importance_weights"
+    _check_inputs(fn, mask, "trainer_logp", trainer_logp, sampler_logp=sampler_logp)
+    c = check_number(fn, "threshold", threshold, low=1.0)
+    if kind not in IS_KINDS:
+        raise ValueError(f"{fn}: unknown kind {kind!r}; use one of {IS_KINDS}")
+    with torch.no_grad():
+        diff = _zero_masked(trainer_logp - sampler_logp, mask)
+        rho = torch.exp(diff)
+        over = rho > c
+        w = torch.clamp(rho, max=c) if kind == "tis" else torch.where(over, torch.zeros_like(rho), rho)
+        w = _zero_masked(w, mask)
+        stats = {"weight_mean": masked_mean(w, mask), "clipped_frac": masked_mean(over.to(rho.dtype), mask),
+                 "logprob_diff_mean": masked_mean(diff.abs(), mask)}
+    return w, stats
+
+
 def ppo_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate policy loss, averaged over valid tokens.
 
     logp (current policy, with grad), old_logp (policy that sampled), advantages, mask: (B, T).
+    weights: optional (B, T) per-token weights without gradient (importance weights from `importance_weights`):
+    loss = masked_mean(weights * max(...)); None = all 1.
     Returns (loss, stats): loss is 0-dim; stats are detached 0-dim tensors:
       clipfrac   fraction of valid tokens where the clipped term is the larger one (its gradient is 0 there),
       approxkl   k3 estimate of KL(old || new) from the old policy's samples: mean(ratio - 1 - log ratio),
@@ -72,7 +125,11 @@ def ppo_policy_loss(
     # Schulman et al. 2017 (PPO), eq. 7, as a loss to minimise: max of the negated unclipped and clipped terms.
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
-    loss = masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    per_token = torch.maximum(loss_unclipped, loss_clipped)
+    if weights is not None:
+        check_same_shape(fn, "logp", logp, weights=weights)
+        per_token = per_token * _zero_masked(weights.detach(), mask)
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         valid_ratio = ratio[mask]
         stats = {
