@@ -53,7 +53,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report for `run_dir` (a run folder or one stage's folder) to `out` (default RUN_DIR/report.html).
     Returns the path written. Raises UserError when the folder has nothing to report."""
     run = Path(run_dir)
-    path = check_output(Path(out) if out else run / "report.html", "file", "--out")  # before any work
+    path = Path(out) if out else run / "report.html"
+    if out or run.is_dir():  # (a RUN_DIR that is no folder gets diagnose's own error)
+        check_output(path, "file", "--out")  # before any work
     d = diagnose(run)
     html = render_html(d, sections(d))
     atomic_write_text(path, html)
