@@ -200,8 +200,9 @@ def run(cfg: RewardConfig) -> Path:
                         "skipped": {"data": dict(skips), "eval_data": dict(eval_skips)},
                         "eval_ties_excluded": eval_ties,
                         "train_s": time.perf_counter() - t_start})
-        if cfg.early_stopping:
-            kept = [_read_json(member_dir(out, m) / "member.json")["early_stopping"] for m in range(cfg.ensemble)]
+        # a member finished by an earlier run without early stopping (then resumed with it) has no entry: None
+        kept = [_read_json(member_dir(out, m) / "member.json").get("early_stopping") for m in range(cfg.ensemble)]
+        if cfg.early_stopping and kept[0] is not None:
             summary["early_stopping"] = {**kept[0], **({"members": kept} if cfg.ensemble > 1 else {})}
         write_summary(out, summary)
         say(f"[reward] done: {_eval_line(summary)} -> {out}")

@@ -550,8 +550,11 @@ def test_early_stopping_needs_heldout_pairs(base, tmp_path):
 
 def test_ensemble_saves_members_and_loads_member_scores(base, tmp_path, tokenizer):
     write_jsonl(tmp_path / "p.jsonl", pair_rows(64, seed=6))
-    out = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "rm", ensemble=2, max_steps=3, eval_every=100))
+    out = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "rm", ensemble=2, max_steps=3, eval_every=100,
+                          early_stopping=True))
     assert (out / "members" / "1" / "model.safetensors").exists() and (out / "members/1/reward_config.json").exists()
+    kept = json.loads((out / "summary.json").read_text())["early_stopping"]["members"]  # each member its own best
+    assert kept == [json.loads((d / "member.json").read_text())["early_stopping"] for d in (out, out / "members/1")]
     assert len(_metrics(out / "members" / "1")) > 0
     rc = json.loads((out / "reward_config.json").read_text())
     assert [m["path"] for m in rc["members"]] == [".", "members/1"]
