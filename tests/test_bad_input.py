@@ -138,13 +138,15 @@ def test_inputs_that_are_folders_not_utf8_or_damaged_parquet(files, models, caps
             ["reward", "--model", base, "--data", str(path), "--out", str(out / "rm"), "--device", "cpu"],
             ["eval", "--policy", base, "--baseline", base, "--reward", rm, "--prompts", str(path),
              "--out", str(out / "eval"), "--device", "cpu"],
+            ["ppo", "--policy", base, "--reward", rm, "--prompts", str(path), "--out", str(out / "ppo"),
+             "--device", "cpu"],
             ["label", "add-tasks", "--db", str(out / "l.db"), str(path)],
             ["label", "import", "--db", str(out / "l.db"), str(path)],
         ]
         for argv in commands:
             one_line_error(capsys, argv, str(path) if what == "a folder" else says)
         # a failed stage leaves no folder behind that holds only config.yaml (or a tokenizer)
-        assert not (out / "sft").exists() and not (out / "rm").exists() and not (out / "eval").exists()
+        assert not any((out / name).exists() for name in ("sft", "rm", "eval", "ppo"))
         assert not (out / "s").exists()
     one_line_error(capsys, ["label", "import", "--db", str(tmp_path / "l.db"), str(files / "bad.parquet")],
                    "not a readable Parquet file")
