@@ -97,7 +97,6 @@ class Responses:
 
 
 @stage_outputs(resolve=lambda cfg: resolve(cfg), out="dir")  # the resolved out, checked before any work
-@stage_outputs(resolve=lambda cfg: resolve(cfg), out="dir")  # the resolved out, checked before any work
 def run(cfg: EvalConfig) -> Path:
     from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
     from rlhf.models.reward import load_reward_model

@@ -59,7 +59,6 @@ class SampleConfig:
 
 
 @stage_outputs(out="file")  # checked before any sampling: a folder or read-only path fails now, not at the end
-@stage_outputs(out="file")  # checked before any sampling: a folder or read-only path fails now, not at the end
 def run(cfg: SampleConfig) -> Path:
     from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
     from rlhf.models.loading import load_causal_lm, load_tokenizer
