@@ -98,7 +98,8 @@ class Sessions:
 
 
 def csrf_ok(expected: str | None, given: Any) -> bool:
-    return bool(expected) and isinstance(given, str) and hmac.compare_digest(expected, given)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500, on a crafted form).
+    return bool(expected) and isinstance(given, str) and hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
 
 
 def same_origin(headers: Any) -> bool:

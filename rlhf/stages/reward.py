@@ -530,9 +530,17 @@ def parse_row(row: dict[str, Any], where: str, table: SequenceTable, ties: str) 
         raise Skip("empty chosen or rejected response")
     if chosen == rejected:
         raise Skip("chosen and rejected are identical (no preference to learn)")
+    # `rlhf label export` says which response stopped at EOS; one cut at max_new_tokens gets no EOS appended, as
+    # PPO scores a cut-off rollout (absent: ended, so other formats keep working).
+    ended = {}
+    for key in ("chosen_ended", "rejected_ended"):
+        ended[key] = row.get(key, True)
+        if not isinstance(ended[key], bool):
+            raise UserError(f"{where}: field '{key}' must be true or false, got {ended[key]!r}")
     if tie and ties == "skip":
         raise Skip("tie (ties: skip)")
-    return Pair(table.add(prompt, chosen), table.add(prompt, rejected), margin, agreement, tie,
+    return Pair(table.add(prompt, chosen, ended["chosen_ended"]), table.add(prompt, rejected, ended["rejected_ended"]),
+                margin, agreement, tie,
                 f"group:{group_id}" if group_id is not None else f"row:{where}", split, where)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -112,3 +114,43 @@ def artifacts_dir(tmp_path: Path) -> Path:
     d = Path(os.environ.get("RLHF_TEST_ARTIFACTS") or tmp_path / "artifacts")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+class ServerProcess:
+    """`rlhf label serve` as a real subprocess on 127.0.0.1, its stdout and stderr captured in `log`."""
+
+    def __init__(self, db_url: str, log: Path, *args: str):
+        self.db_url, self.log, self.args, self.port = db_url, log, args, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        import httpx
+
+        cmd = [sys.executable, "-m", "rlhf.labeling.cli", "label", "serve", "--db", self.db_url, "--port", str(self.port),
+               *self.args]  # fmt: skip
+        env = {**os.environ, "RLHF_LABEL_SECRET": "server-process-test-" + "k" * 32}
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start in 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server_process() -> type[ServerProcess]:
+    return ServerProcess

@@ -121,3 +121,96 @@ def test_sigkill_mid_stream_loses_no_acknowledged_judgment(db_url: str, tmp_path
         assert j.user_name == j.client_id.rsplit("-", 1)[0] and j.time_spent_ms == n
         assert j.raw == {"choice": "AB"[n % 2], "strength": "better"}
         assert j.answer["better"] == j.shown_order[n % 2]
+
+
+@pytest.mark.slow
+def test_sigkill_with_skips_supersedes_and_a_binding_overlap(db_url: str, tmp_path: Path) -> None:
+    """Issue item 9 under crashes: eight clients share tasks of overlap 3, skip every third task, and after all of
+    them have finished (a barrier) try to correct each skip into an answer. A skip frees its slot; where someone else
+    took it, the correction must be refused (409), else the task would get a fourth labeler; where it is still free,
+    the correction takes it. The server is SIGKILLed once while tasks are handed out and once as the corrections
+    start; clients resend with the same client_id."""
+    n_tasks, overlap = 40, 3
+    store = Store(db_url)
+    store.add_tasks([TaskSpec("pairwise", f"p{i}", [f"a{i}", f"b{i}"], {}, overlap) for i in range(n_tasks)])
+    tokens = {f"c{n}": store.create_user(f"c{n}", "labeler").api_token for n in range(CLIENTS)}
+    server = Server(db_url, tmp_path / "server.log")
+    server.start()
+    acked: dict[str, int] = {}
+    refused: list[str] = []
+    phase2 = threading.Event()
+    lock = threading.Lock()
+    errors: list[str] = []
+    barrier = threading.Barrier(CLIENTS, timeout=300)
+
+    def send(c: httpx.Client, body: dict, refusable: bool = False) -> int | None:
+        while True:
+            try:
+                r = c.post("/api/judgments", json=body)
+            except httpx.TransportError:
+                time.sleep(0.05)  # killed: send the same request again
+                continue
+            if refusable and r.status_code == 409 and "already has its 3 labelers" in r.json()["detail"]:
+                with lock:
+                    refused.append(body["client_id"])
+                return None
+            if r.status_code not in (200, 201):
+                errors.append(f"{body['client_id']}: {r.status_code} {r.text}")
+                return None
+            with lock:
+                acked[body["client_id"]] = r.json()["judgment_id"]
+            return r.json()["judgment_id"]
+
+    def client(name: str, token: str) -> None:
+        skips = []
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+            n = 0
+            while True:
+                try:
+                    task = c.get("/api/tasks/next").json()["task"]
+                except (httpx.TransportError, ValueError):
+                    time.sleep(0.05)  # server down: ask again (an open assignment comes back the same)
+                    continue
+                if task is None:
+                    break
+                n += 1
+                aid = task["assignment_id"]
+                if n % 3 == 1:
+                    jid = send(c, {"assignment_id": aid, "client_id": f"{name}-s{aid}", "skip_reason": "later"})
+                    skips.append((aid, jid))
+                else:
+                    send(c, {"assignment_id": aid, "client_id": f"{name}-a{aid}", "choice": "A", "strength": "better"})
+            barrier.wait()
+            phase2.set()
+            for aid, jid in skips:
+                send(c, {"assignment_id": aid, "client_id": f"{name}-f{aid}", "choice": "B", "strength": "better",
+                         "supersedes": jid}, refusable=True)  # fmt: skip
+
+    threads = [threading.Thread(target=client, args=item) for item in tokens.items()]
+    for t in threads:
+        t.start()
+    while len(acked) < 50 and any(t.is_alive() for t in threads):
+        time.sleep(0.01)
+    server.kill()  # while tasks are handed out, skipped and answered
+    server.start()
+    phase2.wait(timeout=300)
+    time.sleep(0.05)
+    server.kill()  # while skips are being corrected
+    server.start()
+    for t in threads:
+        t.join(timeout=300)
+    server.proc.terminate()
+    server.proc.wait()
+    assert not errors, errors[:5]
+
+    rows = Store(db_url).judgments()
+    assert max(Counter(j.client_id for j in rows).values()) == 1
+    assert {j.client_id: j.id for j in rows} == acked  # every acknowledged judgment, once, and nothing else
+    current = Store(db_url).judgments(current_only=True)
+    labelers = Counter(j.task_id for j in current if j.kind == "pairwise")
+    assert max(labelers.values()) <= overlap, labelers  # the hard cap held
+    assert sum(labelers.values()) == n_tasks * overlap  # and every task got its three labelers
+    skips = [j for j in rows if j.kind == "skip"]
+    corrected = [j for j in rows if j.supersedes_id is not None]
+    assert len(refused) + len(corrected) == len(skips)  # each skip's correction was stored or refused
+    assert refused, "no correction found its slot taken: the cap path was not exercised"
