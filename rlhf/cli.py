@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "sample": ("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
     "reward": ("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
     "ppo": ("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
+    "value-pretrain": ("rlhf.stages.value_pretrain", "ValuePretrainConfig", "fit the value model to the SFT policy's "
+                       "returns before PPO (rlhf ppo --value OUT)"),
     "eval": ("rlhf.stages.evaluate", "EvalConfig", "compare a policy with the SFT baseline: reward, gold, KL, win rates"),
     "demo": ("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
 }

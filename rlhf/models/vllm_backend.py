@@ -39,9 +39,10 @@ _MODULES_TO_SAVE = re.compile(r"\.modules_to_save\.[^.]+\.")
 
 
 def outputs_to_batch(prompt_ids: list[list[int]], responses: list[list[int]], eos_token_id: int | list[int], pad_token_id: int,
-                     device: str | torch.device = "cpu") -> Batch:
+                     device: str | torch.device = "cpu", logprobs: list[list[float]] | None = None) -> Batch:
     """Prompt and response token lists -> `Batch`: prompts left-padded, responses right-padded to the longest (at
-    least 1 column), cut after the first EOS; `ended` = the response holds an EOS."""
+    least 1 column), cut after the first EOS; `ended` = the response holds an EOS. `logprobs`: the engine's log-prob
+    of each response token (same lengths as `responses`), kept as `Batch.logprobs`, 0 at padding."""
     if len(prompt_ids) != len(responses) or not prompt_ids:
         raise ValueError(f"{len(prompt_ids)} prompts but {len(responses)} responses")
     p_ids, p_mask = left_pad(prompt_ids, pad_token_id)
@@ -50,7 +51,14 @@ def outputs_to_batch(prompt_ids: list[list[int]], responses: list[list[int]], eo
     ids, mask, ended = truncate_after_eos(ids, eos_token_id, pad_token_id)
     mask &= real
     ids = torch.where(mask, ids, torch.full_like(ids, pad_token_id))
-    return Batch(p_ids.to(device), p_mask.to(device), ids.to(device), mask.to(device), ended.to(device))
+    lp = None
+    if logprobs is not None:
+        if [len(x) for x in logprobs] != [len(r) for r in responses]:
+            raise ValueError("one log-prob per response token is needed")
+        width = ids.shape[1]
+        lp = torch.tensor([list(x) + [0.0] * (width - len(x)) for x in logprobs], dtype=torch.float32)
+        lp = (lp * mask).to(device)
+    return Batch(p_ids.to(device), p_mask.to(device), ids.to(device), mask.to(device), ended.to(device), lp)
 
 
 def hf_weight_name(name: str) -> str | None:
@@ -199,7 +207,7 @@ class VLLMSampler:
     def sample(self, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, eos_token_id: int | list[int], pad_token_id: int,
                stop_at_eos: bool = True, min_new_tokens: int = 0, seed: int | None = None,
-               device: str | torch.device | None = None) -> Batch:
+               device: str | torch.device | None = None, with_logprobs: bool = False) -> Batch:
         """One response per prompt (token lists, no padding), as `generate` samples it: temperature, then top-k
         (0 = off) and top-p; stop at any of `eos_token_id` (an id or a list) unless stop_at_eos=False (then
         fixed-length responses, still cut after the first EOS). `seed`: reproducible samples, independent of batching."""
@@ -216,17 +224,25 @@ class VLLMSampler:
         params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
                                  max_tokens=max_new_tokens, min_tokens=min_new_tokens, ignore_eos=not stop_at_eos,
                                  stop_token_ids=eos if stop_at_eos else None, detokenize=False,
-                                 seed=None if seed is None else _row_seed(seed, i))
+                                 seed=None if seed is None else _row_seed(seed, i),
+                                 # the sampled token's log-prob (with logprobs_mode processed_logprobs at engine build:
+                                 # after temperature, the distribution the token was drawn from)
+                                 logprobs=0 if with_logprobs else None)
                   for i in range(len(prompt_ids))]
         outputs = self._llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sampling_params=params,
                                      use_tqdm=False)
-        responses = []
+        responses, logps = [], []
         for out in outputs:  # in prompt order
             completion = out.outputs[0]
             ids = list(completion.token_ids)
+            if with_logprobs:
+                logps.append([step[t].logprob for t, step in zip(ids, completion.logprobs)])
             # the stop token is part of token_ids; should a version leave it out, put it back
             if stop_at_eos and completion.finish_reason == "stop" and (not ids or ids[-1] not in eos):
-                stop = completion.stop_reason
+                stop = getattr(completion, "stop_reason", None)
                 ids.append(stop if isinstance(stop, int) and stop in eos else eos[0])
+                if with_logprobs:
+                    raise RuntimeError("vLLM left the stop token out of token_ids; its log-prob is unknown")
             responses.append(ids)
-        return outputs_to_batch(prompt_ids, responses, eos_token_id, pad_token_id, device or self.device)
+        return outputs_to_batch(prompt_ids, responses, eos_token_id, pad_token_id, device or self.device,
+                                logprobs=logps if with_logprobs else None)

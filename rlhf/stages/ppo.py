@@ -24,7 +24,9 @@ from rlhf.core import (
     AdaptiveKLController,
     FixedKLController,
     gae,
+    importance_weights,
     kl_estimate,
+    length_adaptive_lam,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
@@ -57,8 +59,9 @@ class PPOConfig:
     ref: str = opt("", "reference model; empty = a frozen copy of --policy (with --lora_r: the policy, adapters off)")
     reward: str = opt("", "reward model folder (from `rlhf reward`; its reward_config.json gain/bias are applied)")
     value: str = opt("", "value model init; empty = the reward model's backbone (Stiennon et al. 2020)")
-    value_head_init: Literal["zero", "keep"] = opt("zero", "value head start: zero (lm-human-preferences) or keep "
-                                                   "(the reward head)")
+    value_head_init: Literal["auto", "zero", "keep"] = opt(
+        "auto", "value head start: zero (lm-human-preferences) or keep (the reward head); auto = keep for a value "
+        "model from `rlhf value-pretrain` (its value_config.json), zero otherwise")
     prompts: str = opt("", "JSONL of training prompts {'prompt_id', 'prompt'}")
     out: str = opt("runs/ppo", "output folder: the trained policy (HF format), value/, metrics.jsonl, checkpoint/")
     gold: Gold = opt("", "optional gold judge to log objective/gold: 'demo' (the demo task's sentiment judge)")
@@ -84,7 +87,11 @@ class PPOConfig:
     kl_target: float = opt(6.0, "target sequence KL (nats) for the adaptive controller")
     kl_horizon: int = opt(10000, "adaptive controller horizon in rollouts")
     gamma: float = opt(1.0, "discount (1.0: episodes are short and the score comes at the end)")
-    lam: float = opt(0.95, "GAE lambda")
+    lam: float = opt(0.95, "GAE lambda of the policy's advantages")
+    lam_value: float | None = opt(None, "GAE lambda of the value targets (returns); empty = lam. 1.0: Monte-Carlo "
+                                  "targets, unbiased by the value's own errors (VC-PPO, Yuan et al. 2025; VAPO)")
+    lam_policy_alpha: float = opt(0.0, "length-adaptive lambda for the advantages, lam = 1 - 1/(alpha * length) per "
+                                  "response (VAPO, Yue et al. 2025: alpha 0.05); 0 = off (use lam)")
     whiten_rewards: bool = opt(False, "whiten the per-token rewards (scale only) before GAE")
     # optimisation
     ppo_epochs: int = opt(4, "passes over each rollout batch (4: Stiennon et al. 2020, TRL)")
@@ -96,6 +103,16 @@ class PPOConfig:
     shared_value_head: bool = opt(False, "value head on the policy's backbone (one forward, less memory) instead of "
                                   "a separate value model (the default, as in Stiennon et al. 2020)")
     entropy_coef: float = opt(0.0, "entropy bonus coefficient (0 = off)")
+    critic_warmup_updates: int = opt(0, "critic warm-up: the first N updates train only the value function (the "
+                                     "policy is frozen, rollouts are still collected; OpenRLHF freezing_steps, veRL "
+                                     "critic_warmup, NeMo-RL)")
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight gamma of a language-modelling loss on ptx_data added to the policy "
+                          "loss each optimiser step (Ouyang et al. 2022, eq. 2); 0 = off")
+    ptx_data: str = opt("", "pre-training / SFT data for PPO-ptx (JSONL, as `rlhf sft --data`: text or prompt/response "
+                        "or chat rows)")
+    ptx_batch_size: int = opt(8, "ptx sequences per optimiser step (per process), split like the minibatch into "
+                              "grad_accum micro-batches")
+    ptx_max_length: int = opt(256, "longest ptx example in tokens (longer is an error naming the row)")
     target_approx_kl: float = opt(0.0, "stop an update's epochs early once approx KL exceeds this (0 = never)")
     lr: float = opt(1e-5, "policy learning rate (Adam)")
     value_lr: float = opt(0.0, "value learning rate (0 = same as lr)")
@@ -124,6 +141,12 @@ class PPOConfig:
         "auto", "where the rollout's log-probs come from: sampler (the sampling step's own logits: no extra policy "
         "forward; equal to a full forward to ~1e-6 in fp32), recompute (one more forward after sampling), or auto "
         "(sampler in fp32 with a separate value model, recompute otherwise: bf16/fp16 KV-cache logits drift)")
+    is_correction: Literal["none", "tis", "mis"] = opt(
+        "none", "importance-sampling correction of the policy loss for a sampler whose log-probs differ from the "
+        "trainer's (vLLM, half precision): tis = weights min(rho, is_threshold) (truncated IS, Yao et al. 2025), "
+        "mis = tokens with rho > is_threshold dropped; rho = exp(trainer - sampler log-prob); needs the sampler's "
+        "log-probs and recomputes the trainer's")
+    is_threshold: float = opt(2.0, "truncation / masking threshold C of is_correction (>= 1)")
     generation_backend: Literal["transformers", "vllm"] = opt(
         "transformers", "rollout generation: transformers (default, everywhere) or vllm (one GPU, colocated, weights "
         "synced before each rollout; refused with the reason where it cannot run; docs/ppo.md)")
@@ -145,6 +168,20 @@ class PPOConfig:
               f"{self.missing_eos_penalty} would reward responses that never end (it is added to their score)",
               f"give a negative number, e.g. --missing_eos_penalty {-abs(self.missing_eos_penalty or 1.0)} (TRL "
               "subtracts its positive value; here the sign is part of the number)")
+        check(self.lam_value is None or 0 <= self.lam_value <= 1, "lam_value", f"{self.lam_value} outside [0, 1]",
+              "use 1.0 (Monte-Carlo value targets) or leave it empty")
+        check(self.lam_policy_alpha >= 0, "lam_policy_alpha", "must be >= 0", "use 0 (off) or e.g. 0.05 (VAPO)")
+        check(0 <= self.critic_warmup_updates < self.updates, "critic_warmup_updates",
+              f"{self.critic_warmup_updates} warm-up updates of {self.updates}", "use fewer than --updates")
+        check(self.ptx_coef >= 0, "ptx_coef", "must be >= 0", "use 0 (off) or e.g. 1.0")
+        check(not self.ptx_coef or bool(self.ptx_data), "ptx_data", "ptx_coef > 0 needs pre-training data",
+              "pass --ptx_data FILE.jsonl (rows as for rlhf sft)")
+        check(self.ptx_batch_size >= self.grad_accum and self.ptx_batch_size % self.grad_accum == 0, "ptx_batch_size",
+              f"{self.ptx_batch_size} is not a multiple of grad_accum={self.grad_accum}", "use a multiple of grad_accum")
+        check(self.is_threshold >= 1, "is_threshold", f"{self.is_threshold} < 1", "use e.g. 2.0")
+        check(self.is_correction == "none" or self.rollout_logprobs != "sampler", "is_correction",
+              "the correction compares the sampler's log-probs with the trainer's, so the trainer must recompute them",
+              "use --rollout_logprobs auto or recompute")
         check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
               "both missing_eos_penalty and missing_eos_score are set", "use one: a penalty added, or a fixed score")
         check(self.ppo_epochs >= 1 and self.num_minibatches >= 1 and self.grad_accum >= 1, "ppo_epochs",
@@ -164,7 +201,6 @@ class PPOConfig:
               "4/8-bit", "add --shared_value_head true (the value head then sits on the LoRA policy)")
 
 
-@stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
 def run(cfg: PPOConfig) -> Path:
     from rlhf.models.precision import (
@@ -205,7 +241,10 @@ def run(cfg: PPOConfig) -> Path:
 
         vllm = VLLMSampler(cfg.policy, dtype=cfg.dtype, seed=cfg.seed, device=acc.device,
                            max_model_len=max(len(p) for p in prompts) + cfg.max_new_tokens,
-                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                           # is_correction compares the engine's log-probs of the sampled tokens at the sampling
+                           # temperature (vLLM's raw_logprobs default would be before it)
+                           **({"logprobs_mode": "processed_logprobs"} if cfg.is_correction != "none" else {}))
     total_opt_steps = cfg.updates * cfg.ppo_epochs * cfg.num_minibatches
     value_lr = cfg.value_lr or cfg.lr
     # one optimiser, two parameter groups: the policy at lr, the value function (its own model, or the head on the
@@ -233,6 +272,8 @@ def run(cfg: PPOConfig) -> Path:
     s = State(m, optimizers, schedulers,
               AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef), _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc), vllm)
+    if cfg.ptx_coef:
+        s.ptx = PtxBatches(cfg, m.tokenizer, acc)
 
     # 2. resume: models, optimisers, schedulers, KL controller, RNG; the prompt position is the update index
     start = 0
@@ -253,6 +294,8 @@ def run(cfg: PPOConfig) -> Path:
         s.kl_ctl.load_state_dict(state["kl_ctl"])
         set_rng_state(state["rng"])
         start = state["update"]
+        if s.ptx is not None:  # the ptx micro-batches drawn so far
+            s.ptx = PtxBatches(cfg, m.tokenizer, acc, position=int(state.get("ptx_position", 0)))
         say(f"[ppo] resumed from {ckpt} after update {start}")
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
@@ -270,7 +313,8 @@ def run(cfg: PPOConfig) -> Path:
                 torch.save(acc.unwrap_model(m.value).state_dict(), tmp / "value.pt")
             torch.save({"optimizers": [o.state_dict() for o in s.optimizers],
                         "schedulers": [sc.state_dict() for sc in s.schedulers], "kl_ctl": s.kl_ctl.state_dict(),
-                        "rng": rng_state(), "update": update}, tmp / "trainer_state.pt")
+                        "rng": rng_state(), "update": update, "ptx_position": s.ptx.position if s.ptx else 0},
+                       tmp / "trainer_state.pt")
 
         save_checkpoint_dir(build, out / "checkpoint")
 
@@ -298,7 +342,7 @@ def run(cfg: PPOConfig) -> Path:
                         tb.add_scalar(k, v, update)
                 bar.update(task, completed=update, info=f"score {stats['objective/scores']:+.3f} "
                            f"kl {stats['objective/kl']:.3f} ev {stats['value/explained_variance']:.2f}")
-                if not math.isfinite(stats["loss/policy"]) or not math.isfinite(stats["objective/kl"]):
+                if not math.isfinite(stats.get("loss/policy", 0.0)) or not math.isfinite(stats["objective/kl"]):
                     raise UserError(f"update {update}: loss or KL is not finite (NaN/inf); lower --lr (now {cfg.lr}) "
                                     f"or check the reward model's scores; run `rlhf doctor {out}`")
                 if stop["signal"] is not None:
@@ -345,13 +389,14 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     chunks = []
     if s.vllm is not None:  # the policy's current weights into the engine, then the whole batch in one call
         s.vllm.sync_weights(unwrapped)
-        chunks.append(s.vllm.sample([prompts[i] for i in idx], seed=seed, device=device, **kw))
+        chunks.append(s.vllm.sample([prompts[i] for i in idx], seed=seed, device=device,
+                                    with_logprobs=cfg.is_correction != "none", **kw))
     else:
         for c in range(0, local_batch, gen_chunk):
             torch.manual_seed(seed + (acc.process_index * local_batch + c) // gen_chunk)  # + the global chunk index
             p_ids, p_mask = left_pad([prompts[i] for i in idx[c:c + gen_chunk]], tok.pad_token_id)
             p_ids, p_mask = p_ids.to(device), p_mask.to(device)
-            if s.sampler_logprobs:  # log-probs and entropies from the sampling steps' logits
+            if s.sampler_logprobs or cfg.is_correction != "none":  # log-probs and entropies from the sampling steps
                 chunks.append(sample_with_logprobs(unwrapped, p_ids, p_mask, **kw))
             else:
                 chunks.append(generate(unwrapped, p_ids, p_mask, synced_gpus=_sharded(acc), **kw))
@@ -379,13 +424,20 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
 
     # 4. rewards: -beta * KL per token, plus the score at the last token (Ziegler et al. 2019)
     old_logp, ref_logp, old_values = old_logp.clone(), ref_logp.clone(), old_values.clone()
+    is_w = is_stats = None
+    if cfg.is_correction != "none":  # the trainer's old log-probs over the sampler's (Yao et al. 2025)
+        is_w, is_stats = importance_weights(old_logp, batch.logprobs, mask, cfg.is_correction, cfg.is_threshold)
     kl_coef = s.kl_ctl.value
     rewards = shape_rewards(scores.clone(), old_logp, ref_logp, mask, kl_coef, cfg.kl_estimator)
     if cfg.whiten_rewards:
         rewards = global_whiten(rewards, mask, acc, shift_mean=False)
 
-    # 5. advantages: GAE, then whitened over the whole batch (all processes)
-    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    # 5. advantages: GAE, then whitened over the whole batch (all processes). The value targets may use their own
+    # lambda (lam_value; VC-PPO / VAPO: 1.0) and the policy's a length-adaptive one (VAPO)
+    lam = length_adaptive_lam(mask.sum(1), cfg.lam_policy_alpha) if cfg.lam_policy_alpha else cfg.lam
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, lam)
+    if cfg.lam_value is not None:
+        _, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam_value)
     adv_mean_raw = _global_masked_mean(advantages, mask, acc)
     advantages = global_whiten(advantages, mask, acc)
 
@@ -396,7 +448,11 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         if model is not None:
             model.train()  # dropout is off (see disable_dropout); train() only matters for layers that check it
     acc_stats: dict[str, list[float]] = {}
-    diff_sum, diff_n, diff_max = 0.0, 0.0, 0.0  # |training - rollout log-prob| before the first optimiser step
+    warmup = update <= cfg.critic_warmup_updates  # critic warm-up: only the value function trains
+    # |training forward - sampler| log-prob before the first optimiser step: the sampler's own log-probs where it
+    # reported them (transformers' sampling loop, vLLM), else the rollout's recomputed ones
+    sampler_logp = batch.logprobs if batch.logprobs is not None else old_logp
+    diff_sum, diff_n, diff_max = 0.0, 0.0, 0.0
     early_stopped = 0
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + update)
     for _epoch in range(cfg.ppo_epochs):
@@ -411,10 +467,19 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
                 # weight: masked_mean over this micro-batch x (its tokens / minibatch tokens) x processes
                 # = sum over the whole minibatch / its tokens, after DDP averages over processes
                 w = m_.sum().float() / n_tokens * acc.num_processes
+                if warmup:  # the value model alone (the policy's forward is skipped: it gets no gradient)
+                    vf_loss, vf_stats = ppo_value_loss(response_values(value, sub), old_values[ix], returns[ix], m_,
+                                                       cfg.cliprange_value)
+                    acc.backward(cfg.vf_coef * vf_loss * w)
+                    for k, v in {"loss/value": vf_loss.detach(), "value/clipfrac": vf_stats["clipfrac"]}.items():
+                        acc_stats.setdefault(k, []).append(float(v) * float(w) / acc.num_processes)
+                    continue
                 logp, ent, values = response_forward(policy, sub, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
-                pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[ix], advantages[ix], m_, cfg.cliprange)
+                # importance weights for a sampler that is not the trainer (is_correction; 1 = none)
+                is_kw = {} if is_w is None else {"weights": is_w[ix]}
+                pg_loss, pg_stats = ppo_policy_loss(logp, old_logp[ix], advantages[ix], m_, cfg.cliprange, **is_kw)
                 if _epoch == 0 and mb_start == 0:  # no step yet: any gap is sampler/trainer mismatch
-                    d = (logp.detach() - old_logp[ix]).abs()[m_]
+                    d = (logp.detach() - sampler_logp[ix]).abs()[m_]
                     diff_sum, diff_n = diff_sum + float(d.sum()), diff_n + d.numel()
                     diff_max = max(diff_max, float(d.max()) if d.numel() else 0.0)
                 if value is not None:
@@ -431,13 +496,18 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
                     acc_stats.setdefault(k, []).append(float(v) * float(w) / acc.num_processes)
                 acc_stats.setdefault("policy/ratio_max", []).append(float(pg_stats["ratio_max"]))
                 epoch_kl.append(float(pg_stats["approxkl"]) * float(w) / acc.num_processes)
+            if s.ptx is not None and not warmup:  # PPO-ptx (Ouyang et al. 2022, eq. 2): + gamma * LM loss
+                for _ in range(cfg.grad_accum):
+                    nll = lm_loss(policy, s.ptx.next(device))
+                    acc.backward(cfg.ptx_coef * nll / cfg.grad_accum)
+                    acc_stats.setdefault("loss/ptx", []).append(float(nll) / cfg.grad_accum / acc.num_processes)
             clip_each(acc, [x for x in (policy, value) if x is not None], cfg.max_grad_norm)
             for opt_, sched in zip(s.optimizers, s.schedulers):
                 opt_.step()
                 sched.step()
                 opt_.zero_grad(set_to_none=True)
         # early stop (Schulman et al. 2017 baselines / OpenAI Spinning Up): approx KL over this epoch too large
-        if cfg.target_approx_kl > 0 and _global_sum(torch.tensor(sum(epoch_kl) / cfg.num_minibatches), acc
+        if cfg.target_approx_kl > 0 and epoch_kl and _global_sum(torch.tensor(sum(epoch_kl) / cfg.num_minibatches), acc
                                                     ) > cfg.target_approx_kl:
             early_stopped = 1
             break
@@ -467,6 +537,7 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         "response/length_mean": _global_mean(mask.sum(1).float(), acc),
         "response/eos_fraction": _global_mean(batch.ended.float(), acc),
         "policy/early_stopped": early_stopped,
+        "policy/warmup": int(warmup),
         "rollout/logprob_diff_mean": _global_sum(torch.tensor(diff_sum), acc) / max(1.0, _global_sum(
             torch.tensor(diff_n), acc)),
         "rollout/logprob_diff_max": float(acc.gather(torch.tensor([diff_max], device=device)).max()),
@@ -474,9 +545,13 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         "lr/value": s.schedulers[-1].get_last_lr()[-1],
     }
     stats["objective/rlhf_reward"] = stats["objective/scores"] + stats["objective/non_score_reward"]
-    n_steps = max(1, len(acc_stats["loss/policy"]) // cfg.grad_accum)  # optimiser steps taken
+    n_steps = max(1, len(acc_stats["loss/value"]) // cfg.grad_accum)  # optimiser steps taken
     for k, vals in acc_stats.items():
         stats[k] = max(vals) if k == "policy/ratio_max" else _global_sum(torch.tensor(sum(vals)), acc) / n_steps
+    if is_stats is not None:
+        stats["rollout/is_weight_mean"] = _global_masked_mean(is_w, mask, acc)
+        stats["rollout/is_clipped_frac"] = _global_masked_mean((torch.exp(old_logp - batch.logprobs) >
+                                                                cfg.is_threshold).float(), mask, acc)
     if member_scores.shape[0] > 1:
         stats["ensemble/disagreement"] = _global_mean(member_scores.std(0), acc)
     stats["response/distinct2"] = _distinct_bigrams(texts)
@@ -511,12 +586,40 @@ class Models:
 @dataclass
 class State:
     m: Models
-    optimizers: list[Any]  # [policy, value], or [policy+head] with shared_value_head
+    optimizers: list[Any]  # one: the policy's and the value function's parameter groups
     schedulers: list[Any]
     kl_ctl: Any
     gold_fn: Any
     sampler_logprobs: bool  # the rollout's log-probs come from the sampling loop (no second policy forward)
     vllm: Any = None  # a VLLMSampler with generation_backend vllm
+    ptx: Any = None  # PtxBatches with ptx_coef > 0
+
+
+class PtxBatches:
+    """PPO-ptx data: endless seeded micro-batches of the pre-training / SFT examples for this process, with the
+    position (micro-batches drawn) kept in the checkpoint so that a resumed run draws the same ones."""
+
+    def __init__(self, cfg: PPOConfig, tokenizer: Any, acc: Any, position: int = 0):
+        from rlhf.stages.sft import iter_batches, tokenize_examples
+
+        rows = read_rows(cfg.ptx_data)
+        examples = tokenize_examples(rows, tokenizer, cfg.ptx_max_length, cfg.ptx_data)
+        self.position = position
+        self._it = iter_batches(examples, cfg.ptx_batch_size // cfg.grad_accum, cfg.seed, acc.process_index,
+                                acc.num_processes, tokenizer.pad_token_id, start=position)
+
+    def next(self, device: Any) -> dict[str, torch.Tensor]:
+        self.position += 1
+        return {k: v.to(device) for k, v in next(self._it).items()}
+
+
+def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (-100 = not predicted), as `rlhf sft` trains."""
+    from rlhf.stages.sft import IGNORE
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                             ignore_index=IGNORE)
 
 
 def load_models(cfg: PPOConfig, device: torch.device) -> Models:
@@ -537,8 +640,11 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     _check_tokenizers(tok, reward.tokenizer_path, cfg)
     value = None
     if not cfg.shared_value_head:
+        zero_head = cfg.value_head_init == "zero" or (cfg.value_head_init == "auto" and not is_value_model(cfg.value))
+        if cfg.value_head_init == "auto" and not zero_head:
+            say(f"[ppo] value model {cfg.value} is from `rlhf value-pretrain`: its head is kept")
         value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, "fp32", pad_token_id=tok.pad_token_id,
-                                                 init_head_std=0.0 if cfg.value_head_init == "zero" else None))
+                                                 init_head_std=0.0 if zero_head else None))
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(value.model)
     if cfg.gradient_checkpointing:
@@ -729,11 +835,21 @@ def _check_distributed(cfg: PPOConfig, acc: Any) -> None:
     if kind == "FSDP" and acc.num_processes > 1:
         raise UserError("PPO rollouts cannot be generated from FSDP-sharded weights here; launch with DeepSpeed "
                         "ZeRO-3 (configs/recipes/accelerate/zero3.yaml) or plain DDP")
+    if cfg.critic_warmup_updates and cfg.shared_value_head:
+        raise UserError("config field 'critic_warmup_updates': the shared value head trains the policy's own trunk, "
+                        "so it cannot warm up with the policy frozen; use a separate value model "
+                        "(--shared_value_head false) or --critic_warmup_updates 0")
+    if cfg.ptx_coef and cfg.shared_value_head and acc.num_processes > 1:
+        raise UserError("config field 'ptx_coef': with the shared value head the ptx forward leaves the head unused, "
+                        "which data-parallel gradient sync cannot take; use a separate value model or one process")
+    if cfg.is_correction != "none" and _sharded(acc) and cfg.generation_backend == "transformers":
+        raise UserError("config field 'is_correction': sharded generation (transformers' generate in lock step) "
+                        "reports no sampler log-probs to correct against; use --is_correction none")
 
 
 def _use_sampler_logprobs(cfg: PPOConfig, acc: Any) -> bool:
     """Resolve `rollout_logprobs`: take the rollout's log-probs from the sampling loop, or recompute them."""
-    if cfg.rollout_logprobs == "recompute":
+    if cfg.rollout_logprobs == "recompute" or cfg.is_correction != "none":  # the correction needs both log-probs
         return False
     cannot = [why for cond, why in (
         (cfg.shared_value_head, "shared_value_head needs the forward for its values anyway"),
@@ -745,6 +861,13 @@ def _use_sampler_logprobs(cfg: PPOConfig, acc: Any) -> bool:
         raise UserError(f"config field 'rollout_logprobs': sampler cannot be used: {cannot[0]}; use auto or recompute")
     # auto: only where the cached and full forwards agree to float32 rounding
     return not cannot and (cfg.rollout_logprobs == "sampler" or cfg.dtype == "fp32")
+
+
+def is_value_model(folder: str) -> bool:
+    """A folder written by `rlhf value-pretrain` (its value_config.json): a trained value head, not a reward head."""
+    from rlhf.stages.value_pretrain import VALUE_CONFIG
+
+    return bool(folder) and (Path(folder) / VALUE_CONFIG).is_file()
 
 
 def _sharded(acc: Any) -> bool:

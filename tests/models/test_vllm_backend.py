@@ -59,6 +59,16 @@ def test_outputs_to_batch_matches_the_transformers_layout():
     assert torch.equal(b.response_ids, ids) and torch.equal(b.response_mask, mask) and torch.equal(b.ended, ended)
 
 
+def test_outputs_to_batch_keeps_the_engine_logprobs_and_every_eos_id():
+    """With is_correction the engine's log-probs of the sampled tokens come along (0 after the EOS that ends a
+    response); a second declared EOS id (7) ends a response too."""
+    b = outputs_to_batch([[5], [6]], [[10, 7, 11], [12, EOS]], [EOS, 7], PAD, logprobs=[[-0.5, -0.25, -3.0], [-1.0, -2.0]])
+    assert b.response_ids.tolist() == [[10, 7, PAD], [12, EOS, PAD]] and b.ended.tolist() == [True, True]
+    assert b.logprobs.tolist() == [[-0.5, -0.25, 0.0], [-1.0, -2.0, 0.0]]
+    with pytest.raises(ValueError, match="one log-prob per response token"):
+        outputs_to_batch([[5]], [[10, 11]], EOS, PAD, logprobs=[[-0.5]])
+
+
 def test_outputs_to_batch_rejects_a_count_mismatch():
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         outputs_to_batch([[1], [2]], [[3]], EOS, PAD)
