@@ -251,3 +251,55 @@ def test_signing_key_file_is_private_and_stable(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv(SECRET_ENV, "short")
     with pytest.raises(UserError, match="too short"):
         load_or_create_secret(url)
+
+
+# -- issue items 8 and 10 through the app ---------------------------------------------------------------------------
+
+
+def test_out_of_range_ids_are_422_not_500(env: dict) -> None:
+    c = client(env)
+    h = bearer(env["labeler"])
+    aid = c.get("/api/tasks/next", headers=h).json()["task"]["assignment_id"]
+    for value in (2**31, 2**63, 2**64, -1, True):
+        r = c.post("/api/judgments", headers=h, json={"assignment_id": value, "client_id": "x", "choice": "tie"})
+        assert r.status_code == 422 and "assignment_id" in r.json()["message"], value
+        r = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x", "choice": "tie",
+                                                      "supersedes": value})  # fmt: skip
+        assert r.status_code == 422, value
+    nul = c.post("/api/judgments", headers=h, json={"assignment_id": aid, "client_id": "x\u0000", "choice": "tie"})
+    assert nul.status_code == 422 and nul.json()["field"] == "client_id"
+    sign_in(c, env["labeler"])
+    assert c.get(f"/label/{2**63}").status_code == 422
+    assert c.get(f"/label?saved={2**64}").status_code == 422
+    page = c.get("/label").text
+    r = c.post("/label", data={"csrf_token": csrf_of(page), "assignment_id": str(2**63), "client_id": "w", "choice": "tie"})
+    assert r.status_code == 422 and "assignment_id must be an integer" in r.text
+    assert env["store"].judgments() == []
+
+
+def test_booleans_are_not_ranks(env: dict) -> None:
+    c = client(env)
+    h = bearer(env["labeler"])
+    first = c.get("/api/tasks/next", headers=h).json()["task"]
+    c.post("/api/judgments", headers=h, json={"assignment_id": first["assignment_id"], "client_id": "p", "choice": "tie"})
+    ranking = c.get("/api/tasks/next", headers=h).json()["task"]
+    assert ranking["kind"] == "ranking"
+    for ranks in ([True, True, True], [2, 2, 2], [1, 1, 2]):
+        r = c.post("/api/judgments", headers=h, json={"assignment_id": ranking["assignment_id"], "client_id": "r",
+                                                      "ranks": ranks})  # fmt: skip
+        assert r.status_code == 422, ranks
+    assert [j.kind for j in env["store"].judgments()] == ["pairwise"]
+
+
+def test_form_uploads_are_refused_and_notes_are_kept(env: dict) -> None:
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+    form = {"csrf_token": csrf_of(page), "assignment_id": aid, "client_id": "w1", "action": "skip"}
+    r = c.post("/label", data=form, files={"skip_reason": ("evil.txt", b"contents", "text/plain")})
+    assert r.status_code == 422 and "not a file" in r.text
+    assert env["store"].judgments() == []
+    tie = {**form, "action": "answer", "choice": "tie", "strength": "better", "note": "both fine"}
+    assert c.post("/label", data=tie).status_code == 303  # the always-present strength radio is not part of a tie
+    assert env["store"].judgments()[0].raw == {"choice": "tie", "strength": None, "note": "both fine"}
