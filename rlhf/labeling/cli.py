@@ -321,7 +321,10 @@ def serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=proxies or None,
     )  # fmt: skip
     install_log_redaction()  # again after uvicorn configured its loggers
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # e.g. the port is taken: uvicorn logged why
+        raise UserError(f"could not start the server on {args.host}:{args.port} (see the error above)")
     return 0
 
 

@@ -336,9 +336,7 @@ def database_url(db: str | Path, *, create: bool = True) -> str:
         path = Path(db).expanduser().resolve()
     if not path.exists():
         if not create:
-            raise UserError(
-                f"--db {db}: no such database (this command only reads one and never creates it); check the path"
-            )
+            raise UserError(f"--db {db}: no such database (this command only reads one and never creates it); check the path")
         path.parent.mkdir(parents=True, exist_ok=True)
         with suppress(FileExistsError):  # another process created it just now
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -964,9 +962,7 @@ class Q:
     _now = bindparam("now", type_=UTCDateTime())
     _user_cols = (USERS.c.id, USERS.c.name, USERS.c.role)
     active_user = select(*_user_cols).where(USERS.c.id == bindparam("user_id"), USERS.c.deactivated_at.is_(None))
-    user_by_token = select(*_user_cols).where(
-        USERS.c.api_token_hash == bindparam("token_hash"), USERS.c.deactivated_at.is_(None)
-    )
+    user_by_token = select(*_user_cols).where(USERS.c.api_token_hash == bindparam("token_hash"), USERS.c.deactivated_at.is_(None))
     invite_user = (
         select(*_user_cols)
         .join(INVITES, INVITES.c.user_id == USERS.c.id)

@@ -263,6 +263,7 @@ def test_failed_and_anonymous_requests_are_rate_limited(world: dict) -> None:
     assert c2.get("/label").status_code == 200
 
 
+@pytest.mark.slow
 def test_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path, server_process: Any) -> None:
     db = str(tmp_path / "labels.db")
     Store(db).close()
