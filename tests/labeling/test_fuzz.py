@@ -60,7 +60,7 @@ def real_ids(store: Store) -> list[int]:
     return [j.assignment_id for j in store.judgments()][-3:] + [j.id for j in store.judgments()][-3:] + [1, 2]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_route_answers_5xx(fuzz: dict, data: st.DataObject) -> None:
     c, store = fuzz["client"], fuzz["store"]
