@@ -20,11 +20,14 @@ PROMPTS = ["the hotel", "this film", "the staff", "i bought", "the food", "a bor
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    return tiny_ppo_setup(tmp_path_factory.mktemp("ppo"))
+
+
+def tiny_ppo_setup(d):
     """A tiny base LM trained on short sentences, a scalar-head model from it (any reward model will do for the
-    mechanics tests), and a prompt file."""
+    mechanics tests), and a prompt file, under `d`."""
     from rlhf.models.loading import default_head_std, load_scalar_model, load_tokenizer
 
-    d = tmp_path_factory.mktemp("ppo")
     write_jsonl(d / "train.jsonl", [{"text": s} for s in SENTENCES * 30])
     write_jsonl(d / "prompts.jsonl", [{"prompt_id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
     base = sft.run(sft.SFTConfig(model="tiny:tiny", tokenizer_vocab_size=300, data=str(d / "train.jsonl"),
