@@ -1,14 +1,12 @@
 """Every precision/memory option is really applied or refused with its reason, never silently ignored:
 bf16/fp16, gradient checkpointing, max_grad_norm, 4/8-bit loading, the vLLM backend, and the device."""
 
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 from rlhf.errors import ConfigError, UserError
@@ -149,28 +147,10 @@ def test_sft_max_grad_norm_clips_the_gradient_the_optimiser_sees(setup, tmp_path
     assert max(free) > 0.01
 
 
-@contextlib.contextmanager
-def group_grad_norms():
-    """The gradient norm of each parameter group of each optimiser at the moment it steps (after any clipping)."""
-    norms: list[float] = []
-
-    def hook(optimizer, _args, _kwargs):
-        for g in optimizer.param_groups:
-            grads = [p.grad.detach().float().norm() for p in g["params"] if p.grad is not None]
-            if grads:
-                norms.append(float(torch.stack(grads).norm()))
-
-    handle = register_optimizer_step_pre_hook(hook)
-    try:
-        yield norms
-    finally:
-        handle.remove()
-
-
 def test_ppo_max_grad_norm_clips_policy_and_value(setup, tmp_path):
-    with group_grad_norms() as clipped:
+    with record_grad_norms(per_group=True) as clipped:
         ppo.run(_ppo(setup, tmp_path / "clip", max_grad_norm=1e-4))
-    with group_grad_norms() as free:
+    with record_grad_norms(per_group=True) as free:
         ppo.run(_ppo(setup, tmp_path / "free", max_grad_norm=0.0))
     # one optimiser with two parameter groups (policy, value), 2 minibatches: each model is clipped on its own
     assert len(clipped) == len(free) == 2 * 2

@@ -77,15 +77,18 @@ def count_training_forwards(cls: type):
 
 
 @contextlib.contextmanager
-def record_grad_norms():
-    """The global gradient norm of each optimiser's parameters at the moment it steps (after any clipping)."""
+def record_grad_norms(per_group: bool = False):
+    """The gradient norm of each optimiser's parameters at the moment it steps (after any clipping): one global norm
+    per step, or with per_group one norm per parameter group (PPO's policy and value groups share one optimiser)."""
     norms: list[float] = []
 
     def hook(optimizer, _args, _kwargs):
-        grads = [p.grad.detach().float().norm() for g in optimizer.param_groups for p in g["params"]
-                 if p.grad is not None]
-        if grads:
-            norms.append(float(torch.stack(grads).norm()))
+        groups = [g["params"] for g in optimizer.param_groups] if per_group else \
+            [[p for g in optimizer.param_groups for p in g["params"]]]
+        for params in groups:
+            grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+            if grads:
+                norms.append(float(torch.stack(grads).norm()))
 
     handle = register_optimizer_step_pre_hook(hook)
     try:
