@@ -538,9 +538,6 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
         "response/eos_fraction": _global_mean(batch.ended.float(), acc),
         "policy/early_stopped": early_stopped,
         "policy/warmup": int(warmup),
-        "rollout/logprob_diff_mean": _global_sum(torch.tensor(diff_sum), acc) / max(1.0, _global_sum(
-            torch.tensor(diff_n), acc)),
-        "rollout/logprob_diff_max": float(acc.gather(torch.tensor([diff_max], device=device)).max()),
         "lr/policy": s.schedulers[0].get_last_lr()[0],
         "lr/value": s.schedulers[-1].get_last_lr()[-1],
     }
@@ -548,6 +545,10 @@ def ppo_update(cfg: PPOConfig, update: int, acc: Any, s: State, prompts: list[li
     n_steps = max(1, len(acc_stats["loss/value"]) // cfg.grad_accum)  # optimiser steps taken
     for k, vals in acc_stats.items():
         stats[k] = max(vals) if k == "policy/ratio_max" else _global_sum(torch.tensor(sum(vals)), acc) / n_steps
+    if not warmup:  # measured on the first minibatch's policy forward (a warm-up update runs none)
+        stats["rollout/logprob_diff_mean"] = _global_sum(torch.tensor(diff_sum), acc) / max(
+            1.0, _global_sum(torch.tensor(diff_n), acc))
+        stats["rollout/logprob_diff_max"] = float(acc.gather(torch.tensor([diff_max], device=device)).max())
     if is_stats is not None:
         stats["rollout/is_weight_mean"] = _global_masked_mean(is_w, mask, acc)
         stats["rollout/is_clipped_frac"] = _global_masked_mean((torch.exp(old_logp - batch.logprobs) >

@@ -74,6 +74,7 @@ def test_critic_warmup_freezes_the_policy_and_trains_the_value(stable, tmp_path,
     rows = _rows(out)
     assert [r["policy/warmup"] for r in rows] == [1, 0]
     assert "loss/policy" not in rows[0] and "loss/value" in rows[0] and "loss/policy" in rows[1]
+    assert "rollout/logprob_diff_mean" not in rows[0] and rows[1]["rollout/logprob_diff_mean"] < 1e-4
     with pytest.raises(UserError, match="critic_warmup_updates.*shared value head"):
         ppo.run(_cfg(stable, tmp_path / "shared", critic_warmup_updates=1, shared_value_head=True))
 
