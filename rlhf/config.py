@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from pathlib import Path
@@ -201,9 +202,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     A `Literal` field shows its choices ({a,b,c}); the value itself is checked by `build_config`, so the CLI, a YAML
     file and Python all get the same one-line error."""
     parser.add_argument("--config", default=None, help="YAML file with values for the options below")
-    group = parser.add_argument_group(f"{cls.__name__} options (override the YAML file)")
-    types_ = _field_types(cls)
+    # the stage's own fields first, then one group per shared option class (RunOptions, LoRAOptions...) in the order
+    # the stage lists its bases; a field a stage re-declares stays in the group of the class that declared it first
+    groups: dict[type, list[dataclasses.Field]] = {}
     for f in dataclasses.fields(cls):
+        groups.setdefault(_declared_by(cls, f.name), []).append(f)
+    order = [cls] + [base for base in cls.__mro__[1:] if base in groups]
+    types_ = _field_types(cls)
+    for owner in order:
+        title = f"{cls.__name__} options (override the YAML file)" if owner is cls else \
+            (owner.__doc__ or owner.__name__).strip().splitlines()[0]
+        if owner in groups:
+            _add_fields(parser.add_argument_group(title), groups[owner], types_)
+
+
+def _declared_by(cls: type, name: str) -> type:
+    """The most basic class in cls's MRO that declares field `name` (its option group in --help)."""
+    return next(base for base in reversed(cls.__mro__) if dataclasses.is_dataclass(base)
+                and name in inspect.get_annotations(base))
+
+
+def _add_fields(group: Any, fields: list[dataclasses.Field], types_: dict[str, Any]) -> None:
+    for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         flags = [f"--{f.name}"]
@@ -235,3 +255,157 @@ def check(condition: bool, field: str, problem: str, fix: str) -> None:
     """`validate()` helper: raise ConfigError('field: problem; fix') unless condition holds."""
     if not condition:
         raise ConfigError(f"config field '{field}': {problem}; {fix}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared option classes. A stage config inherits the groups it uses (`class SFTConfig(ModelOptions, LoopOptions,
+# ...)`) and declares only its own fields; every field keeps the name it has always had (the YAML key and the CLI
+# flag). A stage that needs another default or help text for an inherited field re-declares it: the field keeps the
+# group it belongs to in `--help`, with the stage's default and help. Each group validates its own fields in
+# `validate()`, and the groups chain through super(): a stage's `validate()` calls `super().validate()` first, then
+# checks its own fields. `Options.validate` (the root) checks every Literal field's choices (check_choices).
+#
+#   Options                 the root: check_choices
+#   RunOptions              out, seed, device                                        (every stage)
+#   ModelOptions            model, tokenizer                                         (stages that load one model)
+#   PrecisionOptions        dtype                                                    (inference and training)
+#   TrainPrecisionOptions   dtype, gradient_checkpointing, load_in                   (training stages)
+#   LoRAOptions             lora_r, lora_alpha, lora_dropout, lora_target
+#   OptimOptions            lr, weight_decay, adam_eps, max_grad_norm
+#   CheckpointOptions       save_every, resume
+#   LoopOptions             epochs, max_steps, batch_size, grad_accum, schedule, warmup_steps, eval_every,
+#                           log_every (+ CheckpointOptions)                           (rlhf.train.loop's stages)
+#   EarlyStoppingOptions    early_stopping, early_stopping_patience                  (held-out early stopping)
+
+
+@dataclasses.dataclass
+class Options:
+    """stage options"""
+
+    def validate(self) -> None:
+        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
+
+
+@dataclasses.dataclass
+class RunOptions(Options):
+    """run options"""
+
+    out: str = opt("", "output folder")
+    seed: int = opt(0, "random seed")
+    device: Device = opt("auto", "auto, cpu or cuda")
+
+
+@dataclasses.dataclass
+class ModelOptions(Options):
+    """model options"""
+
+    model: str = opt("", "hub id or local folder of a causal LM")
+    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own")
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")
+
+
+@dataclasses.dataclass
+class PrecisionOptions(Options):
+    """precision options"""
+
+    dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
+
+
+@dataclasses.dataclass
+class TrainPrecisionOptions(Options):
+    """precision and memory options (training)"""
+
+    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
+                       "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
+                          "needs lora_r > 0")
+
+
+@dataclasses.dataclass
+class LoRAOptions(Options):
+    """LoRA options (peft)"""
+
+    lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. Adapters are merged before saving")
+    lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 16")
+        check(self.lora_alpha > 0, "lora_alpha", "must be > 0", "use e.g. 16")
+        check(0 <= self.lora_dropout < 1, "lora_dropout", f"{self.lora_dropout} is outside [0, 1)", "use e.g. 0.05")
+        check(bool(self.lora_target.strip()), "lora_target", "is empty", "use all-linear or module names like q_proj,v_proj")
+
+
+@dataclasses.dataclass
+class OptimOptions(Options):
+    """optimiser options"""
+
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0", "use 0 (off) or e.g. 0.01")
+        check(self.adam_eps > 0, "adam_eps", "must be > 0", "use e.g. 1e-8")
+        check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0", "use 0 (no clipping) or e.g. 1.0")
+
+
+@dataclasses.dataclass
+class CheckpointOptions(Options):
+    """checkpoint options"""
+
+    save_every: int = opt(100, "write checkpoint/ every N optimiser steps (0 = only at the end)")
+    resume: bool = opt(False, "continue from out/checkpoint if it exists")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.save_every >= 0, "save_every", "must be >= 0", "use 0 (only at the end) or a number of steps")
+
+
+@dataclasses.dataclass
+class LoopOptions(CheckpointOptions):
+    """training loop options"""
+
+    epochs: float = opt(1.0, "passes over the training data (fractions allowed)")
+    max_steps: int = opt(0, "optimiser steps; 0 = from epochs")
+    batch_size: int = opt(32, "examples per micro-batch per process")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    schedule: Schedule = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    warmup_steps: int = opt(10, "linear warm-up steps")
+    eval_every: int = opt(50, "evaluate every N optimiser steps (and at the start and the end)")
+    log_every: int = opt(10, "log training metrics every N optimiser steps")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
+        check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
+        check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
+        check(self.epochs >= 0 and self.max_steps >= 0, "max_steps", "epochs and max_steps must be >= 0",
+              "use 0 for 'from the other one'")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0", "use 0 (no warm-up) or a number of steps")
+        check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1",
+              "use 1 or more")
+
+
+@dataclasses.dataclass
+class EarlyStoppingOptions(Options):
+    """early stopping options"""
+
+    early_stopping: bool = opt(False, "keep the weights of the held-out evaluation with the lowest held-out loss and "
+                               "restore them before the model is saved; needs held-out data")
+    early_stopping_patience: int = opt(3, "with early_stopping: stop training after this many evaluations in a row "
+                                       "without a new lowest held-out loss (0 = train to the end, then restore the best)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0",
+              "use 0 (never stop early) or a number of evaluations like 3")

@@ -24,7 +24,18 @@ from typing import Any, Literal
 
 import torch
 
-from rlhf.config import Device, Dtype, LoadIn, Schedule, check, check_choices, opt, save_config
+from rlhf.config import (
+    EarlyStoppingOptions,
+    LoopOptions,
+    LoRAOptions,
+    ModelOptions,
+    OptimOptions,
+    RunOptions,
+    TrainPrecisionOptions,
+    check,
+    opt,
+    save_config,
+)
 from rlhf.core import pairwise_loss
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
@@ -50,10 +61,10 @@ ASSISTANT = "\n\nAssistant:"  # Anthropic HH transcripts: the prompt ends with t
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, LoRAOptions, TrainPrecisionOptions,
+                   RunOptions):
     model: str = opt("runs/sft", "model to start from: the SFT model folder (default: rlhf sft's default output), "
                      "any local folder or hub id of a causal LM, or an existing reward model")
-    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own")
     data: str = opt("", "preference JSONL: {prompt, chosen, rejected, margin?, agreement?, group_id?, split?, tie?} "
                     "rows (rlhf label export) or HH rows {chosen, rejected} with full transcripts")
     eval_data: str = opt("", "held-out preference JSONL; only when `data` has no split=heldout rows")
@@ -67,17 +78,10 @@ class RewardConfig:
                           "and counted (never cut: a cut response would be scored on the wrong text)")
     epochs: float = opt(1.0, "passes over the training pairs; 1 as in InstructGPT and Stiennon et al. 2020 (a reward "
                         "model overfits its comparisons after about one epoch)")
-    max_steps: int = opt(0, "optimiser steps; 0 = from epochs")
     batch_size: int = opt(32, "preference pairs per micro-batch per process (whole rankings are packed together, so a "
                           "batch holds up to this many pairs, or one larger ranking)")
-    grad_accum: int = opt(1, "micro-batches per optimiser step")
     lr: float = opt(1e-3, "peak learning rate (AdamW); suits the tiny demo models, use ~1e-5 for billion-parameter "
                     "models (InstructGPT: 9e-6)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    adam_eps: float = opt(1e-8, "AdamW epsilon")
-    schedule: Schedule = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
-    warmup_steps: int = opt(10, "linear warm-up steps")
-    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
     use_margin: bool = opt(False, "subtract each pair's 'margin' (label strength) inside the loss (Llama 2). Off by "
                            "default: it helps separate strong preferences but the plain loss stays calibrated")
     ties: Literal["skip", "equal"] = opt("skip", "rows with \"tie\": true: skip (counted; Bradley-Terry has no tie "
@@ -93,51 +97,28 @@ class RewardConfig:
     early_stopping: bool = opt(False, "keep the weights of the held-out evaluation with the lowest eval/rm_loss and "
                                "restore them before the model is saved and normalised (a reward model overfits its "
                                "comparisons); needs held-out pairs")
-    early_stopping_patience: int = opt(3, "with early_stopping: stop training after this many evaluations in a row "
-                                       "without a new lowest held-out loss (0 = train to the end, then restore the best)")
-    save_every: int = opt(100, "write checkpoint/ every N optimiser steps (0 = only at the end)")
-    log_every: int = opt(10, "log training metrics every N optimiser steps")
     norm_samples: str = opt("", "`rlhf sample` JSONL ({prompt, responses, ended?}) of SFT samples on the prompt "
                             "distribution to normalise on; empty = the training pairs' distinct responses")
     strict: bool = opt(False, "stop with an error if any row would be skipped, instead of counting and reporting skips")
     lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. The head is always trained in full and the "
                       "adapters are merged before saving, so plain transformers loads the result")
-    lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
     seed: int = opt(0, "seed for the head init, the held-out split and the data order")
-    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
-                       "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
     shared_prefix: bool = opt(True, "in training, run the prompt the responses of a batch share once (a KV cache "
                               "reused by each response; same scores and gradients) when that saves >= 10% of the "
                               "tokens; off under gradient checkpointing, which drops the cache")
-    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
-                          "needs lora_r > 0")
-    device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
 
     def validate(self) -> None:
-        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
+        super().validate()  # the shared groups: choices, model, loop, early stopping, optimiser, LoRA (rlhf.config)
         check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
-        check(bool(self.model), "model", "no model given", "pass --model runs/NAME/sft (or a hub id)")
         check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",
               "use e.g. 0.1, or 0 for no held-out set")
         check(0 <= self.bayes_accuracy <= 1, "bayes_accuracy", f"{self.bayes_accuracy} is not a probability",
               "use a value in (0.5, 1], or 0 to read the export's meta file")
         check(self.max_length >= 0, "max_length", "must be >= 0", "use 0 for the model's context")
-        check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
-        check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
-        check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
-        check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
         check(self.center_coef >= 0, "center_coef", "must be >= 0", "use 0 (off) or a small value like 0.01")
         check(self.ensemble >= 1, "ensemble", "must be >= 1", "use 1 for a single reward model")
         check(self.head_std is None or self.head_std >= 0, "head_std", "must be >= 0", "leave it empty for the default")
-        check(self.eval_every >= 1 and self.log_every >= 1, "eval_every", "eval_every and log_every must be >= 1",
-              "use 1 or more")
-        check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 8")
-        check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0",
-              "use 0 (never stop early) or a number of evaluations like 3")
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed

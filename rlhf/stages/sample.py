@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, check, check_choices, opt, save_config
+from rlhf.config import ModelOptions, PrecisionOptions, RunOptions, check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
@@ -25,9 +25,8 @@ from rlhf.stages.common import progress, say, set_seed, stage_outputs
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(ModelOptions, PrecisionOptions, RunOptions):
     model: str = opt("", "hub id or local folder of the causal LM to sample from")
-    tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own")
     prompts: str = opt("", "JSONL of prompts: rows {'prompt_id', 'prompt'} (prompt_id optional)")
     out: str = opt("runs/samples.jsonl", "output JSONL file")
     k: int = opt(4, "responses per prompt")
@@ -38,16 +37,13 @@ class SampleConfig:
     max_new_tokens: int = opt(48, "longest response in tokens; generation stops earlier at EOS")
     batch_size: int = opt(64, "sequences generated together")
     seed: int = opt(0, "sampling seed")
-    dtype: Dtype = opt("fp32", "weights dtype: fp32, bf16 or fp16 (fp16: CUDA only)")
-    device: Device = opt("auto", "auto, cpu or cuda")
     use_model_generation_config: bool = opt(False, "also apply the model's own generation_config.json (e.g. its "
                                             "repetition_penalty, no_repeat_ngram_size, min_p); off: the samples come "
                                             "from softmax(logits / temperature) with only top_k/top_p, as PPO scores "
                                             "them; the choice and the settings used are written to each row")
 
     def validate(self) -> None:
-        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
-        check(bool(self.model), "model", "no model given", "pass --model FOLDER_OR_HUB_ID")
+        super().validate()  # the shared groups: choices, model (rlhf.config)
         check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")
         check(self.k >= 1, "k", f"{self.k} responses per prompt", "use k >= 1")
         check(self.temperature > 0, "temperature", "must be > 0 (0 would divide the logits by zero)",

@@ -16,7 +16,17 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, LoadIn, Schedule, check, check_choices, opt, save_config
+from rlhf.config import (
+    LoopOptions,
+    LoRAOptions,
+    ModelOptions,
+    OptimOptions,
+    RunOptions,
+    TrainPrecisionOptions,
+    check,
+    opt,
+    save_config,
+)
 from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
@@ -36,7 +46,7 @@ IGNORE = -100  # label id that cross-entropy skips (prompt tokens and padding)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(ModelOptions, LoopOptions, OptimOptions, LoRAOptions, TrainPrecisionOptions, RunOptions):
     model: str = opt("tiny:small", "hub id or local folder of a causal LM, or 'tiny:NAME' to build a tiny model "
                      "from config (tiny, small, medium)")
     tokenizer: str = opt("", "tokenizer folder or hub id; empty = the model's own (for 'tiny:' models: trained "
@@ -48,42 +58,18 @@ class SFTConfig:
     eval_data: str = opt("", "validation JSONL in the same format (empty = no evaluation)")
     out: str = opt("runs/sft", "output folder (HF model + tokenizer, config.yaml, metrics.jsonl, checkpoint/)")
     max_length: int = opt(128, "longest tokenised example (incl. BOS/EOS); a longer one is an error, not cut")
-    epochs: float = opt(1.0, "passes over the training data (fractions allowed)")
-    max_steps: int = opt(0, "optimiser steps; 0 = from epochs")
-    batch_size: int = opt(32, "examples per micro-batch per process")
-    grad_accum: int = opt(1, "micro-batches per optimiser step")
     lr: float = opt(3e-3, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    adam_eps: float = opt(1e-8, "AdamW epsilon")
-    schedule: Schedule = opt("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
     warmup_steps: int = opt(20, "linear warm-up steps")
-    max_grad_norm: float = opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
     eval_every: int = opt(100, "evaluate every N optimiser steps (and at the start and the end)")
     eval_batches: int = opt(0, "evaluate on at most N batches (0 = the whole eval set)")
     save_every: int = opt(200, "write checkpoint/ every N optimiser steps (0 = only at the end)")
-    log_every: int = opt(10, "log training metrics every N optimiser steps")
     seed: int = opt(0, "seed for model init, data order and dropout")
-    dtype: Dtype = opt("fp32", "precision: fp32; bf16/fp16 = autocast over fp32 master weights (fp16: CUDA only, with "
-                       "loss scaling); frozen weights (LoRA/4-bit base) are stored in it; the saved model is in it")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
-    lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. Adapters are merged before saving")
-    lora_alpha: float = opt(16.0, "LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = opt(0.0, "LoRA dropout")
-    lora_target: str = opt("all-linear", "LoRA target modules: all-linear or a comma-separated list of module names")
-    load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit base weights via bitsandbytes: CUDA only, "
-                          "needs lora_r > 0")
-    device: Device = opt("auto", "auto, cpu or cuda")
-    resume: bool = opt(False, "continue from out/checkpoint if it exists")
 
     def validate(self) -> None:
-        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
+        super().validate()  # the shared groups: choices, model, loop, optimiser, LoRA (rlhf.config)
         check(bool(self.data), "data", "no training data given", "pass --data FILE.jsonl")
         check(self.max_length >= 8, "max_length", f"{self.max_length} is too small", "use at least 8")
-        check(self.batch_size >= 1, "batch_size", "must be >= 1", "set --batch_size 1 or more")
-        check(self.grad_accum >= 1, "grad_accum", "must be >= 1", "set --grad_accum 1 or more")
-        check(self.lr > 0, "lr", "must be > 0", "set a positive learning rate")
-        check(self.epochs > 0 or self.max_steps > 0, "epochs", "no training length", "set epochs > 0 or max_steps")
-        check(self.lora_r >= 0, "lora_r", "must be >= 0", "use 0 (off) or a rank like 16")
+        check(self.eval_batches >= 0, "eval_batches", "must be >= 0", "use 0 for the whole eval set")
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import Device, check, opt, save_config
+from rlhf.config import OptimOptions, RunOptions, check, opt, save_config
 from rlhf.core import gae, shape_rewards
 from rlhf.io import MetricsLogger, atomic_write_text
 from rlhf.models.data_source import read_rows
@@ -33,7 +33,7 @@ VALUE_CONFIG = "value_config.json"  # marks a value model folder (PPO keeps its 
 
 
 @dataclass
-class ValuePretrainConfig:
+class ValuePretrainConfig(OptimOptions, RunOptions):
     policy: str = opt("", "the SFT model folder: it samples the rollouts, as PPO's policy does at update 1")
     ref: str = opt("", "reference model for the KL term of the returns; empty = the policy itself (KL = 0)")
     reward: str = opt("", "reward model folder (from `rlhf reward`)")
@@ -50,10 +50,12 @@ class ValuePretrainConfig:
     epochs: int = opt(4, "passes over the training rollouts")
     batch_size: int = opt(16, "rollouts per optimiser step")
     lr: float = opt(1e-4, "Adam learning rate")
+    weight_decay: float = opt(0.0, "Adam weight decay (L2)")
+    adam_eps: float = opt(1e-5, "Adam epsilon (PPO's)")
     seed: int = opt(0, "seed for prompt order, sampling and the held-out split")
-    device: Device = opt("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
+        super().validate()  # the shared groups: choices, optimiser (rlhf.config)
         check(bool(self.policy), "policy", "no policy model given", "pass --policy SFT_FOLDER")
         check(bool(self.reward), "reward", "no reward model given", "pass --reward REWARD_FOLDER")
         check(bool(self.prompts), "prompts", "no prompt file given", "pass --prompts FILE.jsonl")
@@ -63,7 +65,6 @@ class ValuePretrainConfig:
         check(self.temperature > 0, "temperature", "must be > 0", "use PPO's temperature, e.g. 0.7")
         check(self.epochs >= 1 and self.batch_size >= 1 and self.generation_batch_size >= 1, "epochs",
               "epochs, batch_size and generation_batch_size must be >= 1", "set them to 1 or more")
-        check(self.lr > 0, "lr", "must be > 0", "use e.g. 1e-4")
 
 
 @stage_outputs(out="dir")
@@ -122,7 +123,8 @@ def run(cfg: ValuePretrainConfig) -> Path:
     held, train = [rollouts[i] for i in order[:n_held]], [rollouts[i] for i in order[n_held:]]
 
     # 3. regression of V(s_t) on the returns: 0.5 * mean (V - R)^2 over response tokens
-    optimizer = make_optimizer(torch.optim.Adam, value.parameters(), lr=cfg.lr, eps=1e-5)
+    optimizer = make_optimizer(torch.optim.Adam, value.parameters(), lr=cfg.lr, eps=cfg.adam_eps,
+                               weight_decay=cfg.weight_decay)
     metrics = MetricsLogger(out / "metrics.jsonl")
     best = evaluate(value, held, tok.pad_token_id, device)
     metrics.log({"step": 0, "epoch": 0, **best})
@@ -137,7 +139,8 @@ def run(cfg: ValuePretrainConfig) -> Path:
                 v = response_values(value, batch)
                 loss = 0.5 * ((v - ret) ** 2 * mask).sum() / mask.sum()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(value.parameters(), 1.0)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
