@@ -4,6 +4,7 @@ All tensors are (B, T) over response tokens unless stated; `mask` is bool, True 
 Outputs at masked positions are 0. Bad input raises ValueError naming the problem and the fix.
 """
 
+from rlhf.core.advantages import AGGREGATIONS, aggregate_loss, discounted_returns, grpo_advantages, rloo_advantages
 from rlhf.core.kl import KL_KINDS, AdaptiveKLController, FixedKLController, kl_estimate, shape_rewards
 from rlhf.core.logits import entropy_from_logits, logprobs_from_logits
 from rlhf.core.ppo import IS_KINDS, gae, importance_weights, length_adaptive_lam, ppo_policy_loss, ppo_value_loss
@@ -11,12 +12,16 @@ from rlhf.core.preference import pairwise_loss, ranking_to_pairs
 from rlhf.core.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
+    "AGGREGATIONS",
     "IS_KINDS",
     "KL_KINDS",
     "AdaptiveKLController",
+    "aggregate_loss",
+    "discounted_returns",
     "FixedKLController",
     "entropy_from_logits",
     "gae",
+    "grpo_advantages",
     "importance_weights",
     "kl_estimate",
     "length_adaptive_lam",
@@ -28,5 +33,6 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "ranking_to_pairs",
+    "rloo_advantages",
     "shape_rewards",
 ]
