@@ -14,18 +14,8 @@ import sys
 
 from rlhf import __version__
 from rlhf.errors import UserError
+from rlhf.stages.registry import STAGES, config_class  # the stage registry: add a stage there (one line)
 
-# name -> (module, config class, one-line help). Each module has `run(cfg)`.
-STAGES: dict[str, tuple[str, str, str]] = {
-    "sft": ("rlhf.stages.sft", "SFTConfig", "supervised fine-tuning on text or prompt/response JSONL"),
-    "sample": ("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
-    "reward": ("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
-    "ppo": ("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
-    "value-pretrain": ("rlhf.stages.value_pretrain", "ValuePretrainConfig", "fit the value model to the SFT policy's "
-                       "returns before PPO (rlhf ppo --value OUT)"),
-    "eval": ("rlhf.stages.evaluate", "EvalConfig", "compare a policy with the SFT baseline: reward, gold, KL, win rates"),
-    "demo": ("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
-}
 # name -> (module with register(subparsers), help)
 GROUPS: dict[str, tuple[str, str]] = {
     "label": ("rlhf.labeling.cli", "preference collection: tasks, users, web app, simulated labelers, import/export"),
@@ -42,10 +32,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlhf {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, cls_name, help_) in STAGES.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
         if name == command:
-            add_config_arguments(p, getattr(importlib.import_module(module), cls_name))
+            add_config_arguments(p, config_class(name))
             p.add_argument("--dry-run", action="store_true", help="print the plan and per-GPU memory estimate of the "
                            "--config recipe (configs/recipes/) and exit; nothing is loaded or downloaded")
     for name, (module, help_) in GROUPS.items():
@@ -76,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(args.config)
         from rlhf.config import load_config, overrides_from_args
 
-        module, cls_name, _ = STAGES[args.command]
-        mod = importlib.import_module(module)
-        cfg = load_config(getattr(mod, cls_name), args.config, overrides_from_args(args), section=args.command)
-        mod.run(cfg)
+        cfg = load_config(config_class(args.command), args.config, overrides_from_args(args), section=args.command)
+        importlib.import_module(STAGES[args.command].module).run(cfg)
         return 0
     except UserError as e:
         print(f"rlhf: error: {e}", file=sys.stderr)

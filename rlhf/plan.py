@@ -45,6 +45,7 @@ KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
                                                num_attention_heads=32, num_key_value_heads=8, vocab_size=32768,
                                                max_position_embeddings=32768, tie_word_embeddings=False),
 }
+# the recipe sections: the stages of rlhf.stages.registry that the memory model below covers
 STAGES = ("sft", "sample", "reward", "ppo", "eval")
 
 
@@ -122,12 +123,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def _config_class(stage: str) -> type:
-    import importlib
+    from rlhf.stages.registry import config_class
 
-    module, cls = {"sft": ("rlhf.stages.sft", "SFTConfig"), "sample": ("rlhf.stages.sample", "SampleConfig"),
-                   "reward": ("rlhf.stages.reward", "RewardConfig"), "ppo": ("rlhf.stages.ppo", "PPOConfig"),
-                   "eval": ("rlhf.stages.evaluate", "EvalConfig")}[stage]
-    return getattr(importlib.import_module(module), cls)
+    return config_class(stage)
 
 
 def architecture(model: str, block: dict[str, Any] | None, where: Path | str = "recipe") -> Arch:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from rlhf.errors import UserError
@@ -43,13 +42,3 @@ def handler(args: argparse.Namespace) -> int:
         render(d, Console())
     return 1 if d.severe else 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`rlhf doctor ARGS` through the one entry point (its parsing and its one-line errors)."""
-    from rlhf.cli import main as rlhf_main
-
-    return rlhf_main(["doctor", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

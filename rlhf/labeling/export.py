@@ -8,7 +8,7 @@ Consensus: the sign of the vote sum; a zero sum (a tie, or an even split) export
   agreement = votes on the winning side / all votes on the comparison
   margin    = mean strength margin of the winning votes (Llama 2's small-margin scale below); omitted when any
               winning vote has no strength (rankings, imported data)
-A ranking contributes all its pairs (`rlhf.core.ranking_to_pairs`); they share `group_id` = "task-<id>".
+A ranking contributes all its pairs (as `rlhf.core.ranking_to_pairs`); they share `group_id` = "task-<id>".
 Rows carry `chosen_ended` / `rejected_ended` (did that response stop at EOS, or was it cut at max_new_tokens) when
 the task knows it (tasks from `rlhf sample` files with `ended`); absent means ended.
 Gold tasks (known answers, for measuring labelers) and tasks flagged unsafe/broken are left out of the pairs.
@@ -55,9 +55,10 @@ class ConsensusPair:
 
 
 def default_ranking_pairs(ranks: list[int]) -> list[tuple[int, int]]:
-    from rlhf.core import ranking_to_pairs  # lazy: importing rlhf.core imports torch
-
-    return ranking_to_pairs(ranks)
+    """(better, worse) index pairs of a stored ranking, ties giving none: `rlhf.core.ranking_to_pairs`' definition
+    (InstructGPT's K-choose-2), written out here because rlhf.core imports torch and the label store must not (the
+    store checked the ranks when the judgment was written; tests/test_layers.py checks the two agree)."""
+    return [(i, j) for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j]]
 
 
 def collect_votes(

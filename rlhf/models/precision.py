@@ -140,14 +140,19 @@ def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: str) -> dict[str
 
 
 def make_training_accelerator(device: str, mixed_precision: str, grad_accum: int = 1) -> Any:
-    """`rlhf.stages.common.make_accelerator` with this stage's mixed precision. accelerate keeps one state per
-    process and refuses a different mixed precision later, yet stages run one after another in one process (the
-    demo, tests) may each ask for their own: in a single process that state is safely started over."""
-    from accelerate.state import AcceleratorState, PartialState
+    """An `accelerate.Accelerator` for a training stage: device 'cpu' forces the CPU (and gloo for multi-process CPU
+    runs), `mixed_precision` is the stage's (`training_mixed_precision`). accelerate keeps one state per process and
+    refuses a different mixed precision later, yet stages run one after another in one process (the demo, tests)
+    may each ask for their own: in a single process that state is safely started over."""
+    import os
 
-    from rlhf.stages.common import make_accelerator
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
-    return make_accelerator(device, mixed_precision=mixed_precision, grad_accum=grad_accum)
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "1")  # plain Accelerator() on a GPU-less box skips DDP sync
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 HELP = "write a self-contained HTML report of a run: curves, reward vs KL, proxy vs gold, samples, findings"
@@ -23,13 +22,3 @@ def handler(args: argparse.Namespace) -> int:
     print(path)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`rlhf report ARGS` through the one entry point (its parsing and its one-line errors)."""
-    from rlhf.cli import main as rlhf_main
-
-    return rlhf_main(["report", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -283,29 +283,36 @@ def seeds_markdown(table: dict[str, Any]) -> str:
 
 
 def _label(out: Path, samples: Path, prefs: Path, p: dict[str, Any], seed: int) -> None:
-    from rlhf.labeling.cli import main as label
+    """The K samples become ranking tasks in the label store; simulated labelers (gold judge + Bradley-Terry noise,
+    inverse noise `beta`) answer them, 20% of tasks held out; the consensus pairs are exported (`rlhf label
+    simulate` and `rlhf label export` do the same through their options)."""
+    from rlhf.labeling.cli import read_samples
+    from rlhf.labeling.export import export
+    from rlhf.labeling.simulate import SimLabeler, load_judge, simulate
+    from rlhf.labeling.store import Store
 
-    db = out / "labels.db"
     if not p["model"].startswith("tiny:"):  # chat prompts: the store keeps their rendered text (rlhf.data.review_chat)
         from rlhf.data.review_chat import render_samples_for_labeling
         from rlhf.models.loading import load_tokenizer
 
         samples = render_samples_for_labeling(samples, out / "samples_rendered.jsonl", load_tokenizer(out / "sft"))
-    code = label(["label", "simulate", "--db", str(db), "--samples", str(samples), "--kind", "ranking", "--overlap", "1",
-                  "--labelers", str(p["labelers"]), "--beta", p["beta"], "--heldout", "0.2", "--seed", str(seed)])
-    if code:
-        raise UserError(f"simulated labeling failed (exit {code})")
-    if label(["label", "export", "--db", str(db), "--out", str(prefs)]):
-        raise UserError("label export failed")
+    specs, errors, _ = read_samples(samples, "ranking", 1, "disjoint")
+    if errors:
+        raise UserError(f"{len(errors)} bad rows in {samples}, nothing labeled (first: {errors[0]})")
+    store = Store(str(out / "labels.db"))
+    store.add_tasks(specs)
+    judge = "rlhf.data.gold:gold_score"
+    betas = [float(b) for b in str(p["beta"]).split(",")]  # one per labeler, cycled
+    labelers = [SimLabeler(f"sim-{n + 1}", beta=betas[n % len(betas)]) for n in range(p["labelers"])]
+    meta = simulate(store, labelers, load_judge(judge), judge_name=judge, heldout_fraction=0.2, seed=seed)
+    export(store, prefs)
+    console.print(f"[demo] {meta['judgments_made']} simulated judgments by {len(labelers)} labelers -> {prefs}")
 
 
 def _report(out: Path) -> None:
-    try:
-        from rlhf.report.cli import main as report
-    except ImportError:
-        console.print("[demo] the report module is not available; skipped")
-        return
-    report([str(out)])
+    from rlhf.report.build import build_report
+
+    build_report(out, None)
 
 
 def _metrics(path: Path) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
 from rlhf.models.data_source import read_rows
+from rlhf.models.prompts import encode_prompts
 from rlhf.stages.common import console, progress, say, set_seed, stage_outputs, write_summary
-from rlhf.stages.sample import encode_prompts
 
 DEFAULT_TEMPERATURE = 0.7  # PPO's default: eval samples the way the policy was trained to be sampled
 DEFAULT_MAX_NEW_TOKENS = 48

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from rlhf.diagnose.cli import main, register
+from rlhf.cli import main as rlhf_main
+from rlhf.diagnose.cli import register
 from tests.diagnose.tiny_runs import ppo_rows, write_stage
+
+
+def main(argv: list[str]) -> int:
+    """`rlhf doctor ARGV` through the one entry point (its parsing and one-line errors)."""
+    return rlhf_main(["doctor", *argv])
 
 
 def test_exit_status_and_json(tmp_path, capsys):

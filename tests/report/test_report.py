@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.cli import main as rlhf_main
 from rlhf.diagnose import diagnose
 from rlhf.report import build_report
 from rlhf.report.build import sections
-from rlhf.report.cli import main
 from tests.diagnose.tiny_runs import build_base, ppo_rows, ppo_run, write_stage
 
 CHROMIUM = "/usr/bin/chromium"
@@ -122,11 +122,11 @@ def test_ppo_samples_are_shown_without_an_eval_stage(run, tmp_path):
 def test_cli(tmp_path, capsys):
     stage = write_stage(tmp_path / "ppo", ppo_rows(4))
     out = tmp_path / "r.html"
-    assert main([str(stage), "--out", str(out)]) == 0
+    assert rlhf_main(["report", str(stage), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 10_000
-    assert main([str(tmp_path / "missing")]) == 2
+    assert rlhf_main(["report", str(tmp_path / "missing")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    assert main([str(stage), "--out", str(tmp_path)]) == 2  # a folder is not a file name
+    assert rlhf_main(["report", str(stage), "--out", str(tmp_path)]) == 2  # a folder is not a file name
     assert "is a folder" in capsys.readouterr().err
 
 
