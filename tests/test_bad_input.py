@@ -20,9 +20,9 @@ import rlhf.labeling.cli  # noqa: F401
 import rlhf.report.build  # noqa: F401
 import rlhf.report.cli  # noqa: F401
 from rlhf.cli import main
-from rlhf.models.families import save_family
 from rlhf.stages import demo, evaluate, ppo, reward, sample, sft  # noqa: F401
 from tests.models.families_helpers import rm_folder, write_data
+from tests.support.families import save_family
 
 NOBODY = 65534
 

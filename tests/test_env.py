@@ -5,7 +5,7 @@ import io
 import torch
 
 from rlhf.diagnose import env
-from rlhf.models.families import family_tokenizer
+from tests.support.families import family_tokenizer
 
 
 def _report(model=None):

@@ -11,9 +11,9 @@ from transformers.models.llama.modeling_llama import LlamaMLP
 
 from rlhf.errors import ConfigError, UserError
 from rlhf.models import precision
-from rlhf.models.families import save_family
 from rlhf.stages import ppo, reward, sample, sft
 from tests.models.families_helpers import count_training_forwards, record_forwards, record_grad_norms, rm_folder, write_data
+from tests.support.families import save_family
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 

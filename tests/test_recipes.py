@@ -9,7 +9,7 @@ import yaml
 from rlhf import plan
 from rlhf.config import load_config
 from rlhf.errors import ConfigError, UserError
-from rlhf.models.families import save_family
+from tests.support.families import save_family
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))

@@ -9,7 +9,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from rlhf.io import write_jsonl
-from rlhf.models.families import CORPUS
+from tests.support.families import CORPUS
 
 SENTENCES = CORPUS[:6]
 PROMPTS = [" ".join(s.split()[:2]) for s in SENTENCES]

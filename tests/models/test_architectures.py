@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf.errors import UserError
 from rlhf.io import read_jsonl, write_jsonl
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
-from rlhf.models.families import FAMILIES, family_model, family_tokenizer, save_family
 from rlhf.models.generation import Batch, generate, left_pad, response_forward, right_pad, sample_with_logprobs
 from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf.models.scalar import (
@@ -25,6 +24,7 @@ from rlhf.models.scalar import (
 from rlhf.models.value import PolicyWithValueHead
 from rlhf.stages import ppo, reward, sample, sft
 from tests.models.families_helpers import write_data
+from tests.support.families import FAMILIES, family_model, family_tokenizer, save_family
 
 NAMES = list(FAMILIES)
 # what each real family does (the table in rlhf/models/families.py)

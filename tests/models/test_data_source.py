@@ -7,8 +7,8 @@ from datasets import Dataset, DatasetDict
 from rlhf.errors import UserError
 from rlhf.io import write_jsonl
 from rlhf.models.data_source import read_rows
-from rlhf.models.families import save_family
 from rlhf.stages import reward, sft
+from tests.support.families import save_family
 
 ROWS = [{"prompt": "the hotel", "response": " was clean."}, {"prompt": "the film", "response": " was slow."}]
 

@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.io import read_jsonl, write_jsonl
-from rlhf.models.families import FAMILIES, family_model, save_family
 from rlhf.models.generation import generate, left_pad, response_forward, sample_with_logprobs, stop_token_ids
 from rlhf.models.loading import load_causal_lm, load_tokenizer
 from rlhf.stages import ppo, sample
 from tests.models.families_helpers import rm_folder, write_data
+from tests.support.families import FAMILIES, family_model, save_family
 
 PROMPT = "the hotel near the station"
 

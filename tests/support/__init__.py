@@ -1,0 +1,1 @@
+"""Shared fixtures and test-only builders (tiny model families, ...)."""
