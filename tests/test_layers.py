@@ -59,9 +59,7 @@ PENDING: set[tuple[str, str]] = {
     ("rlhf.stages.ppo", "rlhf.stages.sample"),  # encode_prompts, ... -> rlhf.models / rlhf.rl
     ("rlhf.stages.ppo", "rlhf.stages.sft"),  # LoRA / data helpers -> rlhf.models / rlhf.train
     ("rlhf.stages.ppo", "rlhf.stages.value_pretrain"),  # value warm-up -> rlhf.rl
-    ("rlhf.stages.reward", "rlhf.stages.sft"),  # shared training helpers -> rlhf.train
     ("rlhf.stages.value_pretrain", "rlhf.stages.ppo"),  # rollout/returns helpers -> rlhf.rl
-    ("rlhf.stages.value_pretrain", "rlhf.stages.sample"),  # encode_prompts -> rlhf.models / rlhf.rl
 }
 
 

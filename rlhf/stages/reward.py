@@ -43,18 +43,12 @@ from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
 from rlhf.models.scalar import shared_prefix_layout
-from rlhf.stages.common import (
-    TrainStats,
-    make_optimizer,
-    progress,
-    resume_training,
-    save_training_checkpoint,
-    say,
-    set_seed,
-    stage_outputs,
-    write_summary,
-)
-from rlhf.stages.sft import lr_factor
+from rlhf.stages.common import stage_outputs, write_summary
+from rlhf.train.accelerator import make_accelerator
+from rlhf.train.early_stopping import BestHeldout
+from rlhf.train.loop import train_loop
+from rlhf.train.progress import say
+from rlhf.train.seeds import set_seed
 
 STAT_KEYS = ("loss", "accuracy", "margin_mean", "tie_loss", "reward_mean")  # preference_loss stats, logged as rm/*
 ASSISTANT = "\n\nAssistant:"  # Anthropic HH transcripts: the prompt ends with the last shared Assistant marker
@@ -126,18 +120,12 @@ def run(cfg: RewardConfig) -> Path:
     """Train cfg.ensemble reward models, evaluate them, normalise them; returns cfg.out (loads with
     `rlhf.models.reward.load_reward_model`, and member 0 with plain transformers)."""
     from rlhf.models.loading import load_tokenizer
-    from rlhf.models.precision import (
-        make_training_accelerator,
-        quantization_config,
-        resolve_device,
-        training_mixed_precision,
-    )
+    from rlhf.models.precision import quantization_config
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    mixed = training_mixed_precision(cfg.dtype, resolve_device(cfg.device))  # autocast over fp32 master weights
+    acc = make_accelerator(cfg.device, cfg.dtype, cfg.grad_accum)  # bf16/fp16: autocast over fp32 master weights
     quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r)  # refused now, not after reading the data, if it cannot apply
-    acc = make_training_accelerator(cfg.device, mixed, cfg.grad_accum)
     if acc.is_main_process:
         (out / "summary.json").unlink(missing_ok=True)  # summary.json marks a finished stage; this run is not yet
         save_config(cfg, out / "config.yaml")
@@ -206,103 +194,34 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     model, peft_model = build_model(cfg, tokenizer, seed)
     scorer = LastTokenScorer(model)
     tag = f"reward[{member}]" if cfg.ensemble > 1 else "reward"
-
-    # optimiser and schedule; an epoch is the number of group-packed batches of this seed's first shuffle
-    batches_per_epoch = len(group_batches(train, cfg.batch_size, seed=_epoch_seed(seed, 0)))
-    steps_per_epoch = math.ceil(batches_per_epoch / (cfg.grad_accum * acc.num_processes))
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_ = make_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
-    scorer, opt_ = acc.prepare(scorer, opt_)
-
-    # early stopping: the trainable weights of the lowest held-out loss so far, restored at the end
-    keep = BestHeldout(cfg.early_stopping_patience) if cfg.early_stopping else None
-    extra: dict[str, Any] = {}
-    step, micro, metrics = resume_training(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, cfg.resume, tag,
-                                           extra)
-    if keep is not None and "best_heldout" in extra:
-        keep.load_state_dict(extra["best_heldout"])
-
-    def log(row: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.log(row)
-
-    def save_checkpoint() -> None:
-        save_training_checkpoint(acc, folder, acc.unwrap_model(scorer).model, opt_, sched, step, micro,
-                                 {"best_heldout": keep.state_dict()} if keep is not None else None)
-
-    def evaluate_now() -> tuple[dict[str, float], bool]:
-        """Held-out metrics (logged) and whether early stopping ends training here. Every process gets the same
-        gathered scores, so every process makes the same decision."""
-        chosen, rejected = score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, acc)
-        ev = eval_metrics(chosen, rejected, bayes)
-        stop = False
-        if keep is not None:
-            stop = keep.update(acc.unwrap_model(scorer).model, step, ev["eval/rm_loss"])
-            ev.update({"eval/rm_best_loss": keep.best_loss, "eval/rm_best_step": keep.best_step})
-        log({"step": step, **ev})
-        return ev, stop
-
-    if step == 0 and evals:
-        ev, _ = evaluate_now()
-        say(f"[{tag}] untrained: {_eval_line(ev)}")
-
-    # train: group-packed micro-batches in a seeded order per epoch; `micro` counts them for exact resume
     shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing
-    scorer.train()
-    train_stats = TrainStats("rm", STAT_KEYS)  # means over every process's micro-batches since the last row
-    with progress() as bar:
-        task = bar.add_task(tag, total=total_steps, completed=step, info="")
-        batches = iter_batches(train, cfg.batch_size, seed, acc.process_index, acc.num_processes, start=micro)
-        while step < total_steps:
-            batch = collate_pairs(next(batches), table, tokenizer.pad_token_id)
-            micro += 1
-            layout = shared_prefix_layout(batch["input_ids"], batch["attention_mask"], batch["group"]
-                                          ) if shared_prefix else None
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            layout = {k: v.to(acc.device) for k, v in layout.items()} if layout is not None else None
-            with acc.accumulate(scorer):
-                rewards = scorer(batch["input_ids"], batch["attention_mask"], layout)  # (U,): one per response
-                loss, stats = preference_loss(rewards, batch, cfg.use_margin, cfg.center_coef)
-                acc.backward(loss)
-                train_stats.add(stats, int(batch["attention_mask"].sum()))
-                grad_norm = None
-                if acc.sync_gradients:
-                    if cfg.max_grad_norm > 0:
-                        grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
-                    opt_.step()
-                    sched.step()
-                    opt_.zero_grad(set_to_none=True)
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            if step % cfg.log_every == 0 or step == total_steps:
-                # a batch may lack ties or preferences: each stat is a mean over the batches that had it
-                row = {**train_stats.row(acc, step, micro, batches_per_epoch), "rm/lr": sched.get_last_lr()[0]}
-                if grad_norm is not None:
-                    row["rm/grad_norm"] = grad_norm
-                if "rm/loss" in row and not math.isfinite(row["rm/loss"]):
-                    raise UserError(f"reward loss became {row['rm/loss']} at step {step}; lower --lr (now {cfg.lr}) "
-                                    "or check the data")
-                log(row)
-                bar.update(task, info=f"loss {row.get('rm/loss', float('nan')):.3f}")
-            if evals and (step % cfg.eval_every == 0 or step == total_steps):
-                ev, stop = evaluate_now()
-                bar.update(task, info=f"held-out acc {ev['eval/rm_accuracy']:.3f}")
-                if stop:
-                    say(f"[{tag}] early stopping at step {step}: no lower held-out loss in {keep.patience} "
-                        f"evaluations since step {keep.best_step}")
-                    break
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                save_checkpoint()
-            bar.update(task, completed=step)
-    kept: dict[str, Any] = {}
-    if keep is not None:
-        keep.restore(acc.unwrap_model(scorer).model)
-        kept = {"early_stopping": {"best_step": keep.best_step, "best_loss": keep.best_loss, "last_step": step,
-                                   "stopped_early": step < total_steps, "patience": keep.patience}}
-        say(f"[{tag}] kept the weights of step {keep.best_step} (lowest held-out loss {keep.best_loss:.4f})")
+
+    def loss_fn(scorer: Any, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, Any], int]:
+        batch = collate_pairs(pairs, table, tokenizer.pad_token_id)
+        layout = shared_prefix_layout(batch["input_ids"], batch["attention_mask"], batch["group"]
+                                      ) if shared_prefix else None
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        layout = {k: v.to(acc.device) for k, v in layout.items()} if layout is not None else None
+        rewards = scorer(batch["input_ids"], batch["attention_mask"], layout)  # (U,): one per response
+        loss, stats = preference_loss(rewards, batch, cfg.use_margin, cfg.center_coef)
+        return loss, stats, int(batch["attention_mask"].sum())
+
+    def evaluate(scorer: Any) -> dict[str, float]:
+        """Every process gets the same gathered scores, so every process makes the same early-stopping decision."""
+        return eval_metrics(*score_pairs(scorer, evals, table, cfg.batch_size, tokenizer.pad_token_id, acc), bayes)
+
+    # the step loop (rlhf.train.loop): group-packed micro-batches in a seeded order per epoch; an epoch is the
+    # number of batches of this seed's first shuffle; early stopping keeps the lowest eval/rm_loss
+    result = train_loop(
+        acc, cfg, scorer, [p for p in model.parameters() if p.requires_grad], folder=folder, tag=tag, title=tag,
+        prefix="rm", stat_keys=STAT_KEYS,
+        batches_per_epoch=len(group_batches(train, cfg.batch_size, seed=_epoch_seed(seed, 0))),
+        batches=lambda start: iter_batches(train, cfg.batch_size, seed, acc.process_index, acc.num_processes, start),
+        loss_fn=loss_fn, evaluate=evaluate if evals else None, describe=_eval_line,
+        keep=BestHeldout(cfg.early_stopping_patience, "eval/rm_loss") if cfg.early_stopping else None,
+        state_module=lambda s: s.model)
+    scorer, step = result.model, result.step
+    kept = {"early_stopping": result.early_stopping} if result.early_stopping is not None else {}
 
     # save an HF folder that plain transformers loads: adapters merged, pad id set, tokenizer next to it
     acc.wait_for_everyone()
@@ -320,44 +239,9 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
         final.config.pad_token_id = tokenizer.pad_token_id
         final.save_pretrained(folder, safe_serialization=True, state_dict=cast_state_dict(state, cfg.dtype))
         tokenizer.save_pretrained(folder)
-        if metrics is not None:
-            metrics.close()
         atomic_write_text(folder / "member.json", _json({"member": member, "seed": seed, "steps": step, **kept}))
     acc.free_memory()  # drop accelerate's references to this member's model and optimiser
     return step
-
-
-class BestHeldout:
-    """Early stopping on the held-out loss: a CPU copy of the trainable weights (with LoRA: adapters and head) at the
-    lowest `eval/rm_loss` so far, and how many evaluations have passed without a lower one."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.best_loss, self.best_step, self.since_best = math.inf, -1, 0
-        self.weights: dict[str, torch.Tensor] = {}
-
-    def update(self, module: torch.nn.Module, step: int, loss: float) -> bool:
-        """Record the evaluation at `step`; True when `patience` evaluations in a row found no lower loss."""
-        if loss < self.best_loss:
-            self.best_loss, self.best_step, self.since_best = loss, step, 0
-            self.weights = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if p.requires_grad}
-        else:
-            self.since_best += 1
-        return self.patience > 0 and self.since_best >= self.patience
-
-    @torch.no_grad()
-    def restore(self, module: torch.nn.Module) -> None:
-        params = dict(module.named_parameters())
-        for n, w in self.weights.items():
-            params[n].copy_(w)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_loss": self.best_loss, "best_step": self.best_step, "since_best": self.since_best,
-                "weights": self.weights}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_loss, self.best_step, self.since_best = state["best_loss"], state["best_step"], state["since_best"]
-        self.weights = dict(state["weights"])
 
 
 def finalize(cfg: RewardConfig, tokenizer: Any, table: SequenceTable, train: list[Pair], evals: list[Pair],

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from rlhf.config import ModelOptions, PrecisionOptions, RunOptions, check, opt, save_config
-from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
+from rlhf.models.prompts import encode_prompts  # noqa: F401  (was defined here; sample.encode_prompts still works)
 from rlhf.stages.common import progress, say, set_seed, stage_outputs
 
 
@@ -113,30 +113,6 @@ def run(cfg: SampleConfig) -> Path:
     say(f"[sample] {len(rows)} prompts x {cfg.k} responses, EOS rate {eos_rate:.2f}, "
                   f"{n_tokens / (time.perf_counter() - t0):.0f} tokens/s -> {out}")
     return out
-
-
-def encode_prompts(rows: list[dict[str, Any]], tokenizer: Any, source: str, context: int | None,
-                   max_new_tokens: int) -> list[list[int]]:
-    """Tokenise prompts: a string with BOS where the tokenizer adds one, a list of messages through the chat
-    template (rlhf.models.chat); error if prompt + response cannot fit."""
-    from rlhf.models.reward import encode_prompt
-
-    encoded = []
-    for i, r in enumerate(rows, start=1):
-        p = r["prompt"]
-        if isinstance(p, list):
-            from rlhf.models.chat import encode_chat_prompt
-
-            ids = encode_chat_prompt(tokenizer, p, f"{source}: row {i}: field 'prompt'")
-        elif not isinstance(p, str) or not p.strip():
-            raise UserError(f"{source}: row {i}: field 'prompt' is empty or not a string (or a list of messages)")
-        else:
-            ids = encode_prompt(tokenizer, p)
-        if context is not None and len(ids) + max_new_tokens > context:
-            raise UserError(f"{source}: row {i}: prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} "
-                            f"exceeds the model's context of {context}; shorten the prompt or lower max_new_tokens")
-        encoded.append(ids)
-    return encoded
 
 
 def model_generation_settings(model: Any) -> dict[str, Any]:

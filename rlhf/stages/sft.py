@@ -30,17 +30,12 @@ from rlhf.config import (
 from rlhf.errors import UserError
 from rlhf.models.chat import encode_chat_prompt, encode_chat_response
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import (
-    TrainStats,
-    make_optimizer,
-    progress,
-    resume_training,
-    save_training_checkpoint,
-    say,
-    set_seed,
-    stage_outputs,
-    write_summary,
-)
+from rlhf.stages.common import stage_outputs, write_summary
+from rlhf.train.accelerator import make_accelerator
+from rlhf.train.loop import train_loop
+from rlhf.train.optim import lr_factor  # noqa: F401  (moved to rlhf.train.optim; re-exported for old imports)
+from rlhf.train.progress import say
+from rlhf.train.seeds import set_seed
 
 IGNORE = -100  # label id that cross-entropy skips (prompt tokens and padding)
 
@@ -77,12 +72,8 @@ def run(cfg: SFTConfig) -> Path:
     """Train, evaluate, checkpoint; save an HF model folder at cfg.out. Returns cfg.out."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from rlhf.models.precision import make_training_accelerator, resolve_device, training_mixed_precision
-
-    device_type = resolve_device(cfg.device)
-    mixed = training_mixed_precision(cfg.dtype, device_type)  # bf16/fp16: autocast over fp32 master weights
+    acc = make_accelerator(cfg.device, cfg.dtype, cfg.grad_accum)  # bf16/fp16: autocast over fp32 master weights
     quant = _quantization(cfg)  # refused here, before any loading, when it cannot apply
-    acc = make_training_accelerator(cfg.device, mixed, cfg.grad_accum)
     set_seed(cfg.seed)
     if acc.is_main_process:
         save_config(cfg, out / "config.yaml")
@@ -99,87 +90,36 @@ def run(cfg: SFTConfig) -> Path:
     train = tokenize_examples(train_rows, tokenizer, max_length, cfg.data)
     evals = tokenize_examples(eval_rows, tokenizer, max_length, cfg.eval_data) if eval_rows else []
     mode = _mode(train_rows[0])
+    pad_id = tokenizer.pad_token_id
 
-    # 2. optimiser and schedule; an epoch is every micro-batch once, shared out over the processes
-    batches_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / (cfg.grad_accum * acc.num_processes))
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
-    opt_ = make_optimizer(torch.optim.AdamW, params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.schedule))
-    model, opt_ = acc.prepare(model, opt_)
+    # 2. train on the step loop (rlhf.train.loop): next-token cross-entropy on the labelled tokens
+    def loss_fn(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any], int]:
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     use_cache=False).loss
+        return loss, {"loss": loss.detach()}, int(batch["attention_mask"].sum())
 
-    # 3. resume
-    step, micro, metrics = resume_training(acc, out, acc.unwrap_model(model), opt_, sched, cfg.resume, "sft")
-
-    def log(row: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.log(row)
-
-    def save_checkpoint() -> None:
-        save_training_checkpoint(acc, out, acc.unwrap_model(model), opt_, sched, step, micro)
-
-    if step == 0 and evals:
-        ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
-        log({"step": 0, **ev})
-        say(f"[sft] untrained model: eval loss {ev['eval/loss']:.3f}, perplexity {ev['eval/perplexity']:.1f}")
-
-    # 4. train: micro-batches in a seeded order per epoch; `micro` counts micro-batches for exact resume
-    model.train()
     t_start = time.perf_counter()
-    stats = TrainStats("sft", ("loss",))  # means over every process's micro-batches since the last row
-    with progress() as bar:
-        task = bar.add_task(f"sft ({mode})", total=total_steps, completed=step, info="")
-        batches = iter_batches(train, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes,
-                               pad_id=tokenizer.pad_token_id, start=micro)
-        while step < total_steps:
-            batch = next(batches)
-            micro += 1
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with acc.accumulate(model):
-                out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"], use_cache=False)
-                acc.backward(out_.loss)
-                stats.add({"loss": out_.loss.detach()}, int(batch["attention_mask"].sum()))
-                grad_norm = None
-                if acc.sync_gradients:
-                    if cfg.max_grad_norm > 0:
-                        grad_norm = float(acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                    opt_.step()
-                    sched.step()
-                    opt_.zero_grad(set_to_none=True)
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            if step % cfg.log_every == 0 or step == total_steps:
-                row = {**stats.row(acc, step, micro, batches_per_epoch), "sft/lr": sched.get_last_lr()[0]}
-                if grad_norm is not None:
-                    row["sft/grad_norm"] = grad_norm
-                if not math.isfinite(row["sft/loss"]):
-                    raise UserError(f"training loss became {row['sft/loss']} at step {step}; lower --lr "
-                                    f"(now {cfg.lr}) or check the data")
-                log(row)
-                bar.update(task, info=f"loss {row['sft/loss']:.3f}")
-            if evals and (step % cfg.eval_every == 0 or step == total_steps):
-                ev = evaluate(model, evals, cfg, tokenizer.pad_token_id, acc)
-                log({"step": step, **ev})
-                bar.update(task, info=f"eval ppl {ev['eval/perplexity']:.1f}")
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                save_checkpoint()
-            bar.update(task, completed=step)
+    params = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+    result = train_loop(
+        acc, cfg, model, params, folder=out, tag="sft", title=f"sft ({mode})", prefix="sft", stat_keys=("loss",),
+        batches_per_epoch=math.ceil(len(train) / cfg.batch_size),  # every micro-batch once, over all processes
+        batches=lambda start: iter_batches(train, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes,
+                                           pad_id=pad_id, start=start),
+        loss_fn=loss_fn, evaluate=(lambda m: evaluate(m, evals, cfg, pad_id, acc)) if evals else None,
+        describe=lambda ev: f"eval loss {ev['eval/loss']:.3f}, perplexity {ev['eval/perplexity']:.1f}")
+    model, step = result.model, result.step
 
-    # 5. save the HF folder (loads with plain transformers) and mark the stage done
+    # 3. save the HF folder (loads with plain transformers) and mark the stage done
     acc.wait_for_everyone()
     summary: dict[str, Any] = {"steps": step, "mode": mode, "train_examples": len(train),
                                "train_s": time.perf_counter() - t_start}
     if evals:
-        summary.update(evaluate(model, evals, cfg, tokenizer.pad_token_id, acc))
+        summary.update(evaluate(model, evals, cfg, pad_id, acc))
     save_model(acc, model, peft_model, out, cfg.dtype)
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
         write_summary(out, summary)
-        if metrics is not None:
-            metrics.close()
     if "eval/perplexity" in summary:
         say(f"[sft] done: {step} steps, eval perplexity {summary['eval/perplexity']:.2f} -> {out}")
     return out
@@ -187,18 +127,6 @@ def run(cfg: SFTConfig) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Linear warm-up to 1, then cosine/linear decay to 0 (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress_
-    return 0.5 * (1.0 + math.cos(math.pi * progress_))
 
 
 def _tokenizer(cfg: SFTConfig, rows: list[dict[str, Any]]) -> Any:

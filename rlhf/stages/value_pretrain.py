@@ -72,10 +72,10 @@ def run(cfg: ValuePretrainConfig) -> Path:
     from rlhf.models.generation import left_pad, response_forward, sample_with_logprobs, stop_token_ids
     from rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from rlhf.models.precision import resolve_device
+    from rlhf.models.prompts import encode_prompts
     from rlhf.models.reward import load_reward_model
     from rlhf.models.scalar import PerTokenScalar
     from rlhf.stages.ppo import prompt_indices, response_values
-    from rlhf.stages.sample import encode_prompts
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

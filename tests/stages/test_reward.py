@@ -19,7 +19,8 @@ from rlhf.io import write_jsonl
 from rlhf.models.loading import load_scalar_model
 from rlhf.models.reward import LastTokenScorer, encode_prompt, encode_response, load_reward_model
 from rlhf.models.scalar import shared_prefix_layout
-from rlhf.stages import common, reward
+from rlhf.stages import reward
+from rlhf.train import checkpoint
 from tests.stages.reward_data import pair_rows, ranking_rows, sample_rows, save_base_model
 
 BAD_ROWS = [
@@ -386,7 +387,7 @@ def test_resume_gives_identical_weights(base, tmp_path, monkeypatch):
     class Crash(Exception):
         pass
 
-    real_save, calls = common.save_checkpoint_dir, {"n": 0}
+    real_save, calls = checkpoint.save_checkpoint_dir, {"n": 0}
 
     def save_then_crash(build, final_dir):
         real_save(build, final_dir)
@@ -394,10 +395,10 @@ def test_resume_gives_identical_weights(base, tmp_path, monkeypatch):
         if calls["n"] == 2:  # after the step-6 checkpoint
             raise Crash
 
-    monkeypatch.setattr(common, "save_checkpoint_dir", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
     with pytest.raises(Crash):
         reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", **kw))
-    monkeypatch.setattr(common, "save_checkpoint_dir", real_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     assert not (tmp_path / "b" / "summary.json").exists()
     resumed = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", resume=True, **kw))
     from safetensors.torch import load_file
@@ -526,16 +527,16 @@ def test_resume_keeps_the_best_heldout_weights_of_before_the_crash(base, tmp_pat
     class Crash(Exception):
         pass
 
-    real_save = common.save_checkpoint_dir
+    real_save = checkpoint.save_checkpoint_dir
 
     def save_then_crash(build, final_dir):
         real_save(build, final_dir)
         raise Crash
 
-    monkeypatch.setattr(common, "save_checkpoint_dir", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
     with pytest.raises(Crash):
         reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", **kw))
-    monkeypatch.setattr(common, "save_checkpoint_dir", real_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     resumed = reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", resume=True, **kw))
     assert _summary(resumed)["early_stopping"] == _summary(straight)["early_stopping"]
     wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")

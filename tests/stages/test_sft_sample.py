@@ -9,7 +9,8 @@ import torch
 
 from rlhf.cli import main
 from rlhf.io import write_jsonl
-from rlhf.stages import common, sample, sft
+from rlhf.stages import sample, sft
+from rlhf.train import checkpoint
 from tests.conftest import SENTENCES
 
 
@@ -82,7 +83,7 @@ def test_resume_is_bit_identical(text_data, tmp_path, monkeypatch):
     class Crash(Exception):
         pass
 
-    real_save = common.save_checkpoint_dir
+    real_save = checkpoint.save_checkpoint_dir
     calls = {"n": 0}
 
     def save_then_crash(build, final_dir):
@@ -91,10 +92,10 @@ def test_resume_is_bit_identical(text_data, tmp_path, monkeypatch):
         if calls["n"] == 2:  # after the step-10 checkpoint
             raise Crash
 
-    monkeypatch.setattr(common, "save_checkpoint_dir", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
     with pytest.raises(Crash):
         sft.run(_cfg(text_data, tmp_path / "b", max_steps=12, save_every=5, eval_every=100))
-    monkeypatch.setattr(common, "save_checkpoint_dir", real_save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     assert not (tmp_path / "b" / "summary.json").exists()
     resumed = sft.run(_cfg(text_data, tmp_path / "b", max_steps=12, save_every=5, eval_every=100, resume=True))
     from safetensors.torch import load_file
