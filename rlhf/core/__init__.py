@@ -8,7 +8,7 @@ from rlhf.core.advantages import AGGREGATIONS, aggregate_loss, discounted_return
 from rlhf.core.kl import KL_KINDS, AdaptiveKLController, FixedKLController, kl_estimate, shape_rewards
 from rlhf.core.logits import entropy_from_logits, logprobs_from_logits
 from rlhf.core.ppo import IS_KINDS, gae, importance_weights, length_adaptive_lam, ppo_policy_loss, ppo_value_loss
-from rlhf.core.preference import pairwise_loss, ranking_to_pairs
+from rlhf.core.preference import dpo_loss, pairwise_loss, ranking_to_pairs
 from rlhf.core.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "AdaptiveKLController",
     "aggregate_loss",
     "discounted_returns",
+    "dpo_loss",
     "FixedKLController",
     "entropy_from_logits",
     "gae",

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhf.core import pairwise_loss, ranking_to_pairs
+from rlhf.core import dpo_loss, pairwise_loss, ranking_to_pairs
 
 
 def log_sigmoid(x: float) -> float:
@@ -76,3 +76,58 @@ def test_ranking_to_pairs_property(ranks):
 def test_ranking_to_pairs_errors(ranks, match):
     with pytest.raises(ValueError, match=match):
         ranking_to_pairs(ranks)
+
+
+# --- DPO (Rafailov et al. 2023, eq. 7; label smoothing = conservative DPO, Mitchell 2023) -------------------------
+
+
+def test_dpo_loss_hand_computed():
+    # two pairs; log-probs summed over each response
+    pc = torch.tensor([-4.0, -6.0], dtype=torch.float64, requires_grad=True)
+    pr = torch.tensor([-5.0, -5.5], dtype=torch.float64, requires_grad=True)
+    rc = torch.tensor([-4.5, -6.0], dtype=torch.float64)
+    rr = torch.tensor([-4.5, -5.0], dtype=torch.float64)
+    beta = 0.5
+    loss, stats = dpo_loss(pc, pr, rc, rr, beta)
+    # h_c = [0.5, 0.0], h_r = [-0.5, -0.5]; beta (h_c - h_r) = [0.5, 0.25]
+    z = [0.5, 0.25]
+    assert loss.item() == pytest.approx(-(log_sigmoid(0.5) + log_sigmoid(0.25)) / 2, rel=1e-12)
+    assert stats["accuracy"].item() == 1.0
+    assert stats["margin"].item() == pytest.approx(0.375)
+    assert stats["chosen_logratio"].item() == pytest.approx(0.25)
+    assert stats["rejected_logratio"].item() == pytest.approx(-0.5)
+    loss.backward()
+    # d/d pc_i of -log sigmoid(z_i) / N = -beta (1 - sigmoid(z_i)) / N, and the opposite for pr
+    grad = [-beta * (1 - 1 / (1 + math.exp(-zi))) / 2 for zi in z]
+    assert pc.grad.tolist() == pytest.approx(grad, rel=1e-12)
+    assert pr.grad.tolist() == pytest.approx([-g for g in grad], rel=1e-12)
+
+
+def test_dpo_label_smoothing_is_conservative_dpo():
+    pc, pr = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-2.0, -1.0, -3.5])
+    rc, rr = torch.tensor([-1.5, -2.0, -3.0]), torch.tensor([-1.5, -1.5, -3.0])
+    eps, beta = 0.2, 0.1
+    loss, stats = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=eps)
+    z = [beta * ((c - a) - (r - b)) for c, r, a, b in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist())]
+    want = statistics.fmean(-(1 - eps) * log_sigmoid(x) - eps * log_sigmoid(-x) for x in z)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert stats["accuracy"].item() == pytest.approx(statistics.fmean(float(x > 0) for x in z))
+
+
+def test_dpo_policy_equal_to_reference_gives_log2_and_zero_ratios():
+    logp = torch.tensor([-3.0, -7.0, -1.0])
+    loss, stats = dpo_loss(logp, logp - 1, logp, logp - 1, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2))
+    assert stats["margin"].item() == 0 and stats["chosen_logratio"].item() == 0 and stats["accuracy"].item() == 0
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"beta": 0.0}, "beta must be > 0"),
+    ({"beta": 0.1, "label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
+])
+def test_dpo_loss_refuses_bad_arguments(kw, message):
+    x = torch.zeros(2)
+    with pytest.raises(ValueError, match=message):
+        dpo_loss(x, x, x, x, **kw)
+    with pytest.raises(ValueError, match="same shape"):
+        dpo_loss(x, torch.zeros(3), x, x, beta=0.1)
