@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,17 +40,31 @@ from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
-from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response
+from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response  # noqa: F401
 from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages.common import stage_outputs, write_summary
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
+from rlhf.train.pairs import (  # noqa: F401  (moved to rlhf.train.pairs; reward.NAME still works)
+    ASSISTANT,
+    Pair,
+    SequenceTable,
+    Skip,
+    collate_pairs,
+    epoch_seed,
+    group_batches,
+    iter_batches,
+    parse_row,
+    read_pairs,
+    report_skips,
+    split_heldout,
+    split_shared_prefix,
+)
 from rlhf.train.progress import say
 from rlhf.train.seeds import set_seed
 
 STAT_KEYS = ("loss", "accuracy", "margin_mean", "tie_loss", "reward_mean")  # preference_loss stats, logged as rm/*
-ASSISTANT = "\n\nAssistant:"  # Anthropic HH transcripts: the prompt ends with the last shared Assistant marker
 
 
 @dataclass
@@ -141,7 +154,7 @@ def run(cfg: RewardConfig) -> Path:
     # 2. preference pairs and the held-out set; skipped rows are counted and reported, never dropped silently
     pairs, skips = read_pairs(cfg.data, table, cfg.ties)
     train, evals, eval_source, eval_skips = split_heldout(cfg, pairs, table)
-    _report_skips(cfg, {"data": skips, "eval_data": eval_skips})
+    report_skips(cfg, "reward", {"data": skips, "eval_data": eval_skips})
     eval_ties = sum(p.tie for p in evals)
     evals = [p for p in evals if not p.tie]  # held-out accuracy has no meaning for a tie label
     if not train:
@@ -215,7 +228,7 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     result = train_loop(
         acc, cfg, scorer, [p for p in model.parameters() if p.requires_grad], folder=folder, tag=tag, title=tag,
         prefix="rm", stat_keys=STAT_KEYS,
-        batches_per_epoch=len(group_batches(train, cfg.batch_size, seed=_epoch_seed(seed, 0))),
+        batches_per_epoch=len(group_batches(train, cfg.batch_size, seed=epoch_seed(seed, 0))),
         batches=lambda start: iter_batches(train, cfg.batch_size, seed, acc.process_index, acc.num_processes, start),
         loss_fn=loss_fn, evaluate=evaluate if evals else None, describe=_eval_line,
         keep=BestHeldout(cfg.early_stopping_patience, "eval/rm_loss") if cfg.early_stopping else None,
@@ -292,247 +305,6 @@ def finalize(cfg: RewardConfig, tokenizer: Any, table: SequenceTable, train: lis
         atomic_write_text(out / "eval.json", _json(report))
         summary.update(final)
     return summary
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# data: rows -> pairs over a table of distinct token sequences
-
-
-@dataclass
-class Pair:
-    chosen: int  # row of the SequenceTable
-    rejected: int
-    margin: float | None
-    agreement: float | None
-    tie: bool
-    group: str  # pairs of one ranking share a group; a plain pair is its own group
-    split: str | None
-    where: str  # file:line, for messages
-
-
-class Skip(Exception):
-    """A row that is counted and reported, not trained on."""
-
-
-class SequenceTable:
-    """Distinct prompt+response token sequences: each is tokenised once (each distinct prompt too) and a batch
-    forwards each of its distinct sequences once."""
-
-    def __init__(self, tokenizer: Any, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
-        self.seqs: list[list[int]] = []
-        self._index: dict[Any, int] = {}
-        self._prompts: dict[str, list[int]] = {}
-
-    def add(self, prompt: str | list[dict[str, str]], response: str | list[dict[str, str]], ended: bool = True) -> int:
-        """Row of prompt + response; conversational ones (lists of messages) go through the chat template."""
-        pkey = json.dumps(prompt) if isinstance(prompt, list) else prompt  # messages are lists: not hashable
-        key = (pkey, json.dumps(response) if isinstance(response, list) else response, ended)
-        if key not in self._index:
-            if pkey not in self._prompts:
-                self._prompts[pkey] = encode_prompt(self.tokenizer, prompt)
-            self._index[key] = self.add_ids(self._prompts[pkey] + encode_response(self.tokenizer, response, ended,
-                                                                                 prompt=prompt))
-        return self._index[key]
-
-    def add_ids(self, ids: list[int]) -> int:
-        if not ids:
-            raise Skip("empty sequence (no tokens)")
-        if len(ids) > self.max_length:
-            raise Skip(f"longer than max_length={self.max_length} tokens (prompt+response; raise --max_length up to "
-                       "the model's context)")
-        self.seqs.append(list(ids))
-        return len(self.seqs) - 1
-
-
-def read_pairs(path: str | Path, table: SequenceTable, ties: str) -> tuple[list[Pair], Counter]:
-    """Preference rows -> pairs; a malformed row is a UserError naming file:line and field, a row that cannot be
-    trained on (identical or empty responses, too long, a tie with ties=skip) is counted under its reason."""
-    pairs, skips = [], Counter()
-    for lineno, row in iter_rows(path):  # JSONL, a save_to_disk folder or a hub dataset ORG/NAME[:split]
-        where = row_where(path, lineno)
-        try:
-            pairs.append(parse_row(row, where, table, ties))
-        except Skip as e:
-            skips[str(e)] += 1
-    if not pairs and not skips:
-        raise UserError(f"{path}: no rows (the file is empty)")
-    return pairs, skips
-
-
-def parse_row(row: dict[str, Any], where: str, table: SequenceTable, ties: str) -> Pair:
-    for key in ("chosen", "rejected"):
-        if key not in row:
-            raise UserError(f"{where}: field '{key}' missing; expected {{prompt, chosen, rejected}} rows (rlhf label "
-                            "export, TRL) or HH rows {chosen, rejected} with full transcripts")
-    if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
-        prompt, chosen, rejected = _conversational(row, where)
-    else:
-        for key in ("chosen", "rejected"):
-            if not isinstance(row[key], str):
-                raise UserError(f"{where}: field '{key}' must be a string or a list of messages, got "
-                                f"{type(row[key]).__name__}")
-        if "prompt" in row:
-            if not isinstance(row["prompt"], str):
-                raise UserError(f"{where}: field 'prompt' must be a string like chosen and rejected, got "
-                                f"{type(row['prompt']).__name__}")
-            prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-        else:
-            prompt, chosen, rejected = split_shared_prefix(row["chosen"], row["rejected"])
-    margin, agreement = _number(row, "margin", where), _number(row, "agreement", where)
-    if agreement is not None and not 0 <= agreement <= 1:
-        raise UserError(f"{where}: field 'agreement' must be in [0, 1], got {agreement}")
-    split = row.get("split")
-    if split is not None and split not in ("train", "heldout"):
-        raise UserError(f"{where}: field 'split' must be 'train' or 'heldout', got {split!r}")
-    tie = row.get("tie", False)
-    if not isinstance(tie, bool):
-        raise UserError(f"{where}: field 'tie' must be true or false, got {tie!r}")
-    group_id = row.get("group_id")
-    if group_id is not None and not isinstance(group_id, (str, int)):
-        raise UserError(f"{where}: field 'group_id' must be a string, got {type(group_id).__name__}")
-    if not _text(chosen).strip() or not _text(rejected).strip():
-        raise Skip("empty chosen or rejected response")
-    if chosen == rejected:
-        raise Skip("chosen and rejected are identical (no preference to learn)")
-    # `rlhf label export` says which response stopped at EOS; one cut at max_new_tokens gets no EOS appended, as
-    # PPO scores a cut-off rollout (absent: ended, so other formats keep working).
-    ended = {}
-    for key in ("chosen_ended", "rejected_ended"):
-        ended[key] = row.get(key, True)
-        if not isinstance(ended[key], bool):
-            raise UserError(f"{where}: field '{key}' must be true or false, got {ended[key]!r}")
-    if tie and ties == "skip":
-        raise Skip("tie (ties: skip)")
-    return Pair(table.add(prompt, chosen, ended["chosen_ended"]), table.add(prompt, rejected, ended["rejected_ended"]),
-                margin, agreement, tie,
-                f"group:{group_id}" if group_id is not None else f"row:{where}", split, where)
-
-
-def _conversational(row: dict[str, Any], where: str) -> tuple[list, list, list]:
-    """TRL conversational preference rows: {prompt: [messages], chosen: [messages], rejected: [messages]}, or
-    without prompt (the shared leading messages are the prompt). Rendered later through the chat template."""
-    from rlhf.models.chat import check_messages, split_conversations
-
-    if not (isinstance(row["chosen"], list) and isinstance(row["rejected"], list)):
-        raise UserError(f"{where}: fields 'chosen' and 'rejected' must both be lists of messages or both strings")
-    if "prompt" not in row or (isinstance(row["prompt"], str) and len(row["chosen"]) > 1):
-        # no prompt, or UltraFeedback-binarized's prompt string with whole conversations in chosen/rejected
-        return split_conversations(row["chosen"], row["rejected"], where)
-    if not isinstance(row["prompt"], list):
-        raise UserError(f"{where}: field 'prompt' must be a list of messages like chosen and rejected")
-    return (check_messages(row["prompt"], f"{where}: field 'prompt'"),
-            check_messages(row["chosen"], f"{where}: field 'chosen'"),
-            check_messages(row["rejected"], f"{where}: field 'rejected'"))
-
-
-def _text(response: str | list[dict[str, str]]) -> str:
-    return response if isinstance(response, str) else "".join(m["content"] for m in response)
-
-
-def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """HH-style full transcripts -> (prompt, chosen response, rejected response) with prompt + response == the
-    transcript. The prompt ends after the last shared '\\n\\nAssistant:'; without one, before the last shared
-    whitespace (so a word is never split and responses keep their leading space, as in prompt/response data)."""
-    shared = os.path.commonprefix([chosen, rejected])
-    cut = shared.rfind(ASSISTANT)
-    if cut >= 0:
-        cut += len(ASSISTANT)
-    else:
-        cut = max((i for i, ch in enumerate(shared) if ch.isspace()), default=0)
-    return chosen[:cut], chosen[cut:], rejected[cut:]
-
-
-def split_heldout(cfg: RewardConfig, pairs: list[Pair], table: SequenceTable
-                  ) -> tuple[list[Pair], list[Pair], str, Counter]:
-    """(train, held-out, where the held-out set came from, skips in eval_data)."""
-    eval_skips: Counter = Counter()
-    if any(p.split == "heldout" for p in pairs):
-        if cfg.eval_data:
-            raise UserError(f"{cfg.data} has split=heldout rows and --eval_data {cfg.eval_data} was also given; "
-                            "drop --eval_data to use the file's held-out rows, or remove the split fields")
-        train = [p for p in pairs if p.split != "heldout"]
-        evals, source = [p for p in pairs if p.split == "heldout"], "rows with split=heldout"
-    elif cfg.eval_data:
-        train = pairs
-        evals, eval_skips = read_pairs(cfg.eval_data, table, cfg.ties)
-        source = f"eval_data {cfg.eval_data}"
-    elif cfg.eval_fraction > 0:
-        groups = sorted({p.group for p in pairs})
-        random.Random(cfg.seed).shuffle(groups)
-        n_eval = round(cfg.eval_fraction * len(groups))
-        if n_eval == 0 or n_eval == len(groups):
-            raise UserError(f"{cfg.data}: {len(groups)} groups are too few to hold out eval_fraction="
-                            f"{cfg.eval_fraction} of them; add data, pass --eval_data, or set --eval_fraction 0")
-        held = set(groups[:n_eval])
-        train = [p for p in pairs if p.group not in held]
-        evals, source = [p for p in pairs if p.group in held], f"seeded {cfg.eval_fraction:g} of the groups"
-    else:
-        return pairs, [], "none (eval_fraction 0)", eval_skips
-    return train, evals, source, eval_skips
-
-
-def group_batches(pairs: list[Pair], batch_size: int, seed: int | None = None) -> list[list[Pair]]:
-    """Pairs packed into micro-batches of at most `batch_size` pairs, a group's pairs always together (a larger
-    group is a batch of its own). `seed` shuffles the order of the groups; None keeps the file order."""
-    groups: dict[str, list[Pair]] = {}
-    for p in pairs:
-        groups.setdefault(p.group, []).append(p)
-    order = list(groups.values())
-    if seed is not None:
-        random.Random(seed).shuffle(order)
-    batches, cur = [], []
-    for g in order:
-        if cur and len(cur) + len(g) > batch_size:
-            batches.append(cur)
-            cur = []
-        cur = cur + g
-    if cur:
-        batches.append(cur)
-    return batches
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
-
-
-def iter_batches(pairs: list[Pair], batch_size: int, seed: int, rank: int, world: int, start: int = 0):
-    """Endless micro-batches: a fresh seeded group order per epoch; rank r takes every world-th batch; the first
-    `start` micro-batches are skipped (exact resume)."""
-    epoch, produced = 0, 0
-    while True:
-        for batch in group_batches(pairs, batch_size, _epoch_seed(seed, epoch))[rank::world]:
-            if produced >= start:
-                yield batch
-            produced += 1
-        epoch += 1
-
-
-def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[str, torch.Tensor]:
-    """One right-padded row per distinct sequence of the batch (U rows); chosen/rejected (P,) index those rows.
-
-    Returns input_ids, attention_mask (U, T); chosen, rejected (P,) long; margin (P,) float (0 where absent);
-    tie (P,) bool; group (U,) long, the row's prompt group (for `shared_prefix_layout`)."""
-    rows: dict[int, int] = {}
-    row_group: dict[int, int] = {}  # row -> index of its pair's group (the responses of one prompt)
-    groups: dict[str, int] = {}
-    for p in pairs:
-        g = groups.setdefault(p.group, len(groups))
-        for seq in (p.chosen, p.rejected):
-            row_group.setdefault(rows.setdefault(seq, len(rows)), g)
-    seqs = [table.seqs[i] for i in rows]
-    n = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "chosen": torch.tensor([rows[p.chosen] for p in pairs]),
-            "rejected": torch.tensor([rows[p.rejected] for p in pairs]),
-            "margin": torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32),
-            "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),
-            "group": torch.tensor([row_group[r] for r in range(len(rows))])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -794,18 +566,6 @@ def _bayes_accuracy(cfg: RewardConfig) -> float | None:
     return None
 
 
-def _report_skips(cfg: RewardConfig, skips: dict[str, Counter]) -> None:
-    for name, counts in skips.items():
-        if not counts:
-            continue
-        path = getattr(cfg, name)
-        lines = ", ".join(f"{n} x {reason}" for reason, n in counts.most_common())
-        if cfg.strict:
-            raise UserError(f"{path}: {sum(counts.values())} rows cannot be used ({lines}); fix them, or drop "
-                            "--strict to skip them")
-        say(f"[reward] {path}: skipped {sum(counts.values())} rows: {lines}")
-
-
 def _eval_line(ev: dict[str, Any]) -> str:
     if "eval/rm_accuracy" not in ev:
         return "no held-out set"
@@ -829,14 +589,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2) + "\n"
-
-
-def _number(row: dict[str, Any], key: str, where: str) -> float | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{where}: field '{key}' must be a finite number, got {value!r}")
-    return float(value)
-
-

@@ -327,7 +327,7 @@ def test_bad_rows_give_clear_errors_or_counted_skips(tokenizer, tmp_path):
     assert len(pairs) == 3 and sum(skips.values()) == 4 and len(skips) == 4
     cfg = reward.RewardConfig(data=str(tmp_path / "bad.jsonl"), strict=True)
     with pytest.raises(UserError, match="4 rows cannot be used"):
-        reward._report_skips(cfg, {"data": skips})
+        reward.report_skips(cfg, "reward", {"data": skips})
     pairs, skips = reward.read_pairs(tmp_path / "bad.jsonl", table, "equal")  # the tie row is now trained on
     assert len(pairs) == 4 and pairs[-1].tie and sum(skips.values()) == 3
 
