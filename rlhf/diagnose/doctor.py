@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhf.artifacts import ON_POLICY, Stage, load_run
 from rlhf.diagnose.rules import INFO, RULES, SEVERE, SEVERITIES, WARNING
-from rlhf.diagnose.runs import Stage, load_run
 
 
 @dataclass
@@ -98,7 +98,7 @@ def render(d: Diagnosis, console: Any) -> None:
     for f in d.findings:
         steps = ""
         if f.steps:
-            unit = "update" if kinds.get(f.stage) == "ppo" else "step"
+            unit = "update" if kinds.get(f.stage) in ON_POLICY else "step"
             steps = f" ({unit} {f.steps[0]})" if f.steps[0] == f.steps[1] else f" ({unit}s {f.steps[0]}-{f.steps[1]})"
         body = Table.grid(padding=(0, 1))
         body.add_column(style="bold", no_wrap=True)

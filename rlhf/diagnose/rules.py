@@ -12,12 +12,16 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from rlhf.diagnose.runs import Series, Stage
+from rlhf.artifacts import ON_POLICY, Series, Stage, stage_rm_accuracy
 
 INFO, WARNING, SEVERE = "info", "warning", "severe"
 SEVERITIES = (SEVERE, WARNING, INFO)
+
+# --- which stages a rule looks at (kinds: rlhf.artifacts; an on-policy rule covers PPO and the critic-free
+# algorithms alike, since they log PPO's policy/KL/response/reward names; value-function rules need a critic)
+CRITIC = ("ppo",)
+TRAINING = ("sft", "reward", *ON_POLICY, "dpo", "value-pretrain")  # stages that write checkpoints and a summary
 
 # --- thresholds (docs/doctor.md says why each value) -------------------------------------------------------------
 MIN_POINTS = 4  # trend rules need at least this many logged updates / steps
@@ -49,6 +53,10 @@ RM_CHANCE = 0.55  # held-out accuracy at or below this is chance
 RM_VS_BAYES = 0.9  # accuracy / Bayes-optimal accuracy below this
 EVAL_LOSS_RISE = 0.05  # eval loss above its minimum by this fraction
 LOSS_FLAT = 0.97  # train loss last window / first window above this = not falling
+GROUP_STD_MIN = 1e-3  # objective/group_score_std, last window: all samples of a prompt scored alike = no signal
+DPO_CHANCE = 0.55  # held-out eval/dpo_accuracy at or below this, at the last evaluation: not learning
+# likelihood displacement: dpo/chosen_logratio falls by this many nats (fitted, |t| >= GOLD_T) while dpo/margin rises
+DISPLACEMENT_WARN, DISPLACEMENT_SEVERE = 0.5, 2.0
 
 
 @dataclass
@@ -108,14 +116,14 @@ def non_finite(s: Stage) -> Hit | None:
                (bad_steps[0], bad_steps[-1]))
 
 
-@rule("stage-incomplete", ("sft", "reward", "ppo"), "Stage did not finish",
+@rule("stage-incomplete", TRAINING, "Stage did not finish",
       why="summary.json is written last, so a stage without it stopped early (crash, Ctrl-C) or is still running; "
           "its model folder may be missing or stale and later stages would read the wrong thing.",
       fix="If it is not still running, continue it with the same command plus --resume (it picks up checkpoint/).")
 def stage_incomplete(s: Stage) -> Hit | None:
     if s.summary is not None or not s.rows:
         return None
-    total = s.config.get("updates") if s.kind == "ppo" else s.config.get("max_steps")
+    total = s.config.get("updates") if s.on_policy else s.config.get("max_steps")
     of = f" of {total}" if isinstance(total, int) and total > 0 else ""
     ckpt = s.path / "checkpoint"
     has_ckpt = ckpt.is_dir() and any(ckpt.iterdir())
@@ -126,7 +134,7 @@ def stage_incomplete(s: Stage) -> Hit | None:
 # --- PPO ------------------------------------------------------------------------------------------------------
 
 
-@rule("value-not-learning", ("ppo",), "Value function is not learning",
+@rule("value-not-learning", CRITIC, "Value function is not learning",
       why="PPO's advantages are returns minus the value baseline. A value model that explains none of the returns' "
           "variance (explained variance <= 0) gives no variance reduction, and a negative one adds noise: the "
           "policy gradient gets noisier and learning slows or stalls.",
@@ -162,7 +170,7 @@ def value_not_learning(s: Stage) -> Hit | None:
     return Hit(SEVERE if severe else WARNING, "; ".join(parts), _range(tail), " ".join(advice))
 
 
-@rule("kl-blowup", ("ppo",), "KL to the reference is blowing up",
+@rule("kl-blowup", ON_POLICY, "KL to the reference is blowing up",
       why="The KL penalty is what keeps the policy a fluent version of the SFT model. A KL of more than a few "
           "tenths of a nat per token means the policy has moved far from it: text degenerates and the reward "
           "model is scored far outside the data it was trained on, where its scores mean little.",
@@ -198,7 +206,7 @@ def kl_blowup(s: Stage) -> Hit | None:
     return Hit(SEVERE if severe else WARNING, ev, _range(tail), " ".join(advice))
 
 
-@rule("negative-kl", ("ppo",), "Negative KL: log-probs do not match the sampler",
+@rule("negative-kl", ON_POLICY, "Negative KL: log-probs do not match the sampler",
       why="KL(policy || reference) is never negative, and its sampled estimate is only negative by noise. A mean "
           "clearly below 0 means the log-probs used for the KL (and for the PPO ratio) are not the probabilities "
           "the responses were sampled with: a temperature, top-k/top-p or padding mismatch between generation and "
@@ -218,7 +226,7 @@ def negative_kl(s: Stage) -> Hit | None:
                "are negative", _range(kl), _sampling_advice(s))
 
 
-@rule("kl-nonzero-at-start", ("ppo",), "KL is not 0 at the first update",
+@rule("kl-nonzero-at-start", ON_POLICY, "KL is not 0 at the first update",
       why="Before the first optimiser step the policy is the reference, so the first update's KL must be 0 (up to "
           "rounding). A clearly non-zero value means the policy's and the reference's log-probs are computed "
           "differently (temperature, dropout, dtype, padding).",
@@ -234,7 +242,7 @@ def kl_nonzero_at_start(s: Stage) -> Hit | None:
                "policy (config ref: '')", (1, 1), _sampling_advice(s))
 
 
-@rule("logprob-mismatch", ("ppo",), "The trainer's log-probs disagree with the sampler's",
+@rule("logprob-mismatch", ON_POLICY, "The trainer's log-probs disagree with the sampler's",
       why="Before the first optimiser step of an update the training forward must give each sampled token the log-"
           "probability the rollout recorded (the PPO ratio is then exactly 1). A gap means the samples come from "
           "another distribution than the one PPO scores and optimises: a checkpoint's own generation settings "
@@ -264,7 +272,7 @@ def logprob_mismatch(s: Stage) -> Hit | None:
                f"rollout_logprobs={s.config.get('rollout_logprobs', 'auto')}, dtype={s.config.get('dtype', 'fp32')}.")
 
 
-@rule("entropy-collapse", ("ppo",), "Policy entropy collapsed",
+@rule("entropy-collapse", ON_POLICY, "Policy entropy collapsed",
       why="Entropy is how much the policy still explores. Once it falls to a small fraction of its start the policy "
           "is nearly deterministic: every rollout looks alike, PPO has nothing left to compare, and outputs "
           "typically degenerate into one repeated phrase.",
@@ -285,7 +293,7 @@ def entropy_collapse(s: Stage) -> Hit | None:
                f"({_span(_tail(ent), 'updates')}), {ratio:.0%} of its start", (ent.steps[0], ent.steps[-1]))
 
 
-@rule("clipfrac-high", ("ppo",), "Policy clip fraction is high",
+@rule("clipfrac-high", ON_POLICY, "Policy clip fraction is high",
       why="The clip fraction is the share of tokens whose probability ratio left [1-eps, 1+eps]. When a third or "
           "more are clipped on most updates, each step moves the policy further than the trust region allows: "
           "the clipped tokens get no gradient and the rest get a biased one.",
@@ -304,7 +312,7 @@ def clipfrac_high(s: Stage) -> Hit | None:
                f"{len(cf)} updates", _range(cf), _optim_advice(s))
 
 
-@rule("approxkl-high", ("ppo",), "Approximate KL per update is high",
+@rule("approxkl-high", ON_POLICY, "Approximate KL per update is high",
       why="policy/approxkl measures how far one update's epochs moved the policy from the one that sampled the "
           "rollouts. Above ~0.05 per token the PPO surrogate is no longer a good approximation: updates overshoot "
           "and the run becomes unstable.",
@@ -321,7 +329,7 @@ def approxkl_high(s: Stage) -> Hit | None:
                _range(ak), _optim_advice(s))
 
 
-@rule("over-optimisation", ("ppo",), "Reward over-optimisation: proxy up, gold down or flat",
+@rule("over-optimisation", ON_POLICY, "Reward over-optimisation: proxy up, gold down or flat",
       why="The reward model is a proxy for the real preference (here the gold judge). When the proxy score keeps "
           "rising while the gold score falls, the policy is exploiting the reward model's errors (Goodhart; Gao "
           "et al. 2022): further training makes the policy worse. When gold has stopped improving but the proxy "
@@ -363,7 +371,7 @@ def _gold_plateau(s: Stage, proxy: Series, gold: Series) -> Hit | None:
                f"{kl_note}", (p2.steps[0], p2.steps[-1]))
 
 
-@rule("ensemble-disagreement", ("ppo",), "Reward ensemble disagreement is rising",
+@rule("ensemble-disagreement", ON_POLICY, "Reward ensemble disagreement is rising",
       why="The ensemble members agree on the data they were trained on. Rising disagreement means the policy is "
           "producing text where the reward models' judgments diverge: the score there is unreliable and likely "
           "being exploited.",
@@ -380,7 +388,7 @@ def ensemble_disagreement(s: Stage) -> Hit | None:
                f"({_span(_tail(d), 'updates')})", (d.steps[0], d.steps[-1]))
 
 
-@rule("length-exploitation", ("ppo",), "Responses grow longer with the score",
+@rule("length-exploitation", ON_POLICY, "Responses grow longer with the score",
       why="Reward models often prefer longer answers for reasons unrelated to quality. When length rises steadily "
           "together with the score, the policy may be buying reward with length rather than content.",
       fix="Compare gold (or human) judgments at equal length; add a length penalty or length-balanced preference "
@@ -401,7 +409,7 @@ def length_exploitation(s: Stage) -> Hit | None:
     return Hit(WARNING, ev, (length.steps[0], length.steps[-1]))
 
 
-@rule("repetition", ("ppo",), "Response diversity collapsed (repetition)",
+@rule("repetition", ON_POLICY, "Response diversity collapsed (repetition)",
       why="response/distinct2 is the share of distinct word bigrams in the rollouts. A collapse means the policy "
           "repeats itself within and across responses: a classic degenerate reward hack.",
       fix="Stop earlier; raise kl_coef; lower lr; check the reward model on repetitive text (add such negatives "
@@ -418,7 +426,7 @@ def repetition(s: Stage) -> Hit | None:
                f"{end:.2f} ({_span(_tail(d2), 'updates')})", (d2.steps[0], d2.steps[-1]))
 
 
-@rule("reward-out-of-range", ("ppo",), "Reward far outside the reward model's training range",
+@rule("reward-out-of-range", ON_POLICY, "Reward far outside the reward model's training range",
       why="The reward model is normalised to mean 0 and std 1 on SFT samples. Scores many standard deviations above "
           "that are on text unlike anything it was trained or normalised on: extrapolation, not preference, and a "
           "sign of reward hacking.",
@@ -439,7 +447,7 @@ def reward_out_of_range(s: Stage) -> Hit | None:
                f"{_mean(_head(sc)):+.2f}); the reward is normalised to mean 0, std 1 ({source})", _range(_tail(sc)))
 
 
-@rule("missing-eos", ("ppo",), "Many responses never end (no EOS)",
+@rule("missing-eos", ON_POLICY, "Many responses never end (no EOS)",
       why="A response cut at max_new_tokens is scored as if it were complete: the reward model judges unfinished "
           "text, and the policy is never taught to stop (it can even learn that rambling pays).",
       fix="Raise max_new_tokens; set missing_eos_penalty (e.g. -1.0) so unfinished responses score lower; check "
@@ -469,7 +477,7 @@ def missing_eos(s: Stage) -> Hit | None:
       fix="Check the labels (agreement, position bias, swapped chosen/rejected); train longer or with a higher lr; "
           "start from the SFT model; collect more preference pairs.")
 def rm_near_chance(s: Stage) -> Hit | None:
-    acc, bayes, pairs = _rm_eval(s)
+    acc, bayes, pairs = stage_rm_accuracy(s)
     if acc is None:
         return None
     what = f"held-out accuracy {acc:.3f}" + (f" on {pairs} pairs" if pairs else "")
@@ -510,13 +518,13 @@ def eval_gold_below_baseline(s: Stage) -> Hit | None:
 # --- SFT and reward training ------------------------------------------------------------------------------------
 
 
-@rule("eval-loss-rising", ("sft", "reward"), "Held-out loss is rising (overfitting)",
+@rule("eval-loss-rising", ("sft", "reward", "dpo"), "Held-out loss is rising (overfitting)",
       why="Training loss can keep falling while the model memorises its training data; the held-out loss rising "
           "from its minimum is the sign. The final model is worse on new data than an earlier one was.",
       fix="Train fewer steps/epochs (stop near the step of the minimum), lower the lr, add weight_decay, or use "
           "more data.")
 def eval_loss_rising(s: Stage) -> Hit | None:
-    key = "eval/loss" if s.kind == "sft" else "eval/rm_loss"
+    key = {"sft": "eval/loss", "dpo": "eval/dpo_loss"}.get(s.kind, "eval/rm_loss")
     ev = s.series(key).finite()
     if len(ev) < 3:
         return None
@@ -532,13 +540,13 @@ def eval_loss_rising(s: Stage) -> Hit | None:
                f"(+{last / low - 1:.0%})", (ev.steps[i], ev.steps[k]))
 
 
-@rule("loss-not-falling", ("sft", "reward"), "Training loss is not falling",
+@rule("loss-not-falling", ("sft", "reward", "dpo"), "Training loss is not falling",
       why="A model whose training loss does not go down has not learned anything from the data: everything "
           "downstream (reward model, PPO) builds on an untrained model.",
       fix="Check the learning rate (too small, or the warm-up longer than the run) and that the labels are right "
           "(for SFT: loss on response tokens; for rewards: chosen really is preferred); train for more steps.")
 def loss_not_falling(s: Stage) -> Hit | None:
-    key = "sft/loss" if s.kind == "sft" else "rm/loss"
+    key = {"sft": "sft/loss", "dpo": "dpo/loss"}.get(s.kind, "rm/loss")
     loss = s.series(key).finite()
     if len(loss) < 3:
         return None
@@ -549,6 +557,70 @@ def loss_not_falling(s: Stage) -> Hit | None:
     return Hit(SEVERE if end >= start else WARNING,
                f"{key} {start:.4g} ({_span(_head(loss), 'steps')}) -> {end:.4g} ({_span(_tail(loss), 'steps')})",
                (loss.steps[0], loss.steps[-1]), advice)
+
+
+@rule("no-group-signal", ("rloo", "grpo"), "All samples of a prompt get the same score",
+      why="RLOO and GRPO learn only from differences between the k responses to one prompt (the advantage is a "
+          "score minus the group's mean). When every group's scores are equal, every advantage is 0: the policy "
+          "gets no gradient however long it trains.",
+      fix="Raise the sampling temperature or samples_per_prompt (more varied groups); use a reward with more "
+          "resolution (a reward model rather than a 0/1 check); drop prompts the policy always gets right or wrong.")
+def no_group_signal(s: Stage) -> Hit | None:
+    std = s.series("objective/group_score_std").finite()
+    if len(std) < MIN_POINTS:
+        return None
+    last = _mean(_tail(std))
+    if last >= GROUP_STD_MIN:
+        return None
+    return Hit(SEVERE if _mean(std) < GROUP_STD_MIN else WARNING,
+               f"objective/group_score_std {last:.2g} over {_span(_tail(std), 'updates')} (mean over the run "
+               f"{_mean(std):.2g})", _range(_tail(std)))
+
+
+# --- DPO ------------------------------------------------------------------------------------------------------
+
+
+@rule("dpo-likelihood-displacement", ("dpo",), "The chosen responses are losing likelihood (likelihood displacement)",
+      why="DPO's loss only asks the chosen response to gain on the rejected one relative to the reference. It can "
+          "get there by pushing both down, the rejected faster: the margin rises while the chosen responses become "
+          "less likely than under the reference, and the probability mass goes to responses in neither set (Pal "
+          "et al. 2024; Razin et al. 2024). The policy can then get worse at the very responses people chose.",
+      fix="Add an NLL (SFT) term on the chosen responses (RPO, Pang et al. 2024); lower the lr or train fewer "
+          "epochs; raise beta (a stronger pull to the reference); check for pairs whose chosen and rejected "
+          "responses are near-identical.")
+def dpo_likelihood_displacement(s: Stage) -> Hit | None:
+    chosen, margin = _aligned(s.series("dpo/chosen_logratio").finite(), s.series("dpo/margin").finite())
+    if len(chosen) < MIN_POINTS:
+        return None
+    fall, t = _trend(chosen)
+    rise, t_margin = _trend(margin)
+    if rise <= 0 or t_margin < GOLD_T or fall > -DISPLACEMENT_WARN or t > -GOLD_T:
+        return None
+    return Hit(SEVERE if fall <= -DISPLACEMENT_SEVERE else WARNING,
+               f"dpo/chosen_logratio {_mean(_head(chosen)):+.3f} -> {_mean(_tail(chosen)):+.3f} nats (fitted "
+               f"{fall:+.3f}) while dpo/margin rose {_mean(_head(margin)):+.3f} -> {_mean(_tail(margin)):+.3f}",
+               _range(chosen))
+
+
+@rule("dpo-not-learning", ("dpo",), "DPO is at chance on held-out preference pairs",
+      why="eval/dpo_accuracy is how often the policy's implicit reward (beta times its log-ratio to the reference) "
+          "ranks the held-out chosen response above the rejected one. At 0.5 the policy has learned nothing that "
+          "carries over to new pairs, even if the training accuracy is high (memorised pairs).",
+      fix="Check the pairs (chosen really preferred; prompt and responses split at the right token); raise the lr "
+          "or train longer; if the training accuracy is high, use more pairs or fewer epochs.")
+def dpo_not_learning(s: Stage) -> Hit | None:
+    held = s.series("eval/dpo_accuracy").finite()
+    if not len(held) or (len(held) < 2 and s.summary is None):  # one early evaluation says nothing yet
+        return None
+    last = held.values[-1]
+    if last > DPO_CHANCE:
+        return None
+    train = s.series("dpo/accuracy").finite()
+    memorised = len(train) and _mean(_tail(train)) >= 0.8
+    text = f"eval/dpo_accuracy {last:.3f} at step {held.steps[-1]} (chance is 0.5)"
+    if memorised:
+        text += f" while the training dpo/accuracy is {_mean(_tail(train)):.3f} (pairs memorised, not learned)"
+    return Hit(SEVERE, text, (held.steps[-1], held.steps[-1]))
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -647,27 +719,3 @@ def _normalised_reward(s: Stage) -> str | None:
                 return f"{f}"
             return None
     return None
-
-
-def _rm_eval(s: Stage) -> tuple[float | None, float | None, int | None]:
-    """(held-out accuracy, Bayes-optimal accuracy, pairs) from summary.json, eval.json or the last eval row."""
-    if s.kind == "eval":
-        rm = (s.eval or {}).get("rm") or {}
-        return _num(rm.get("accuracy")), _num(rm.get("bayes_accuracy")), _int(rm.get("pairs"))
-    for src in (s.summary, s.eval, _last_with(s.rows, "eval/rm_accuracy")):
-        if src and _num(src.get("eval/rm_accuracy")) is not None:
-            return (_num(src.get("eval/rm_accuracy")), _num(src.get("eval/rm_bayes_accuracy")),
-                    _int(src.get("eval/rm_pairs", src.get("eval_pairs"))))
-    return None, None, None
-
-
-def _last_with(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    return next((r for r in reversed(rows) if key in r), None)
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _int(v: Any) -> int | None:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.diagnose import Diagnosis, Stage, diagnose
+from rlhf.artifacts import Stage, number, stage_rm_accuracy
+from rlhf.diagnose import Diagnosis, diagnose
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, check_output, read_jsonl
 
@@ -72,8 +73,10 @@ def sections(d: Diagnosis) -> list[Section]:
             out.append(sft_section(s))
         elif s.kind == "reward":
             out.append(reward_section(s))
-        elif s.kind == "ppo":
-            out.append(ppo_section(s, ev))
+        elif s.on_policy:
+            out.append(on_policy_section(s, ev))
+        elif s.kind == "dpo":
+            out.append(dpo_section(s))
         elif s.kind == "eval":
             out.append(eval_section(s, show_rm=not any(x.kind == "reward" for x in d.stages)))
     return out
@@ -108,7 +111,7 @@ def reward_section(s: Stage) -> Section:
         ("Calibration error  eval/rm_ece", [("eval/rm_ece", _xy(s, "eval/rm_ece"))]),
     ], "optimiser step")
     _add(sec, "Reward-model training curves", png, "reward-model loss, accuracy and calibration by step")
-    acc, bayes = _rm_accuracy(s)
+    acc, bayes, _ = stage_rm_accuracy(s)
     _add(sec, "Held-out accuracy vs Bayes-optimal", _accuracy_bars(acc, bayes),
          "bar chart of the reward model's held-out accuracy next to the Bayes-optimal accuracy",
          "Bayes-optimal: the best accuracy any model can reach on these noisy labels (simulated labelers only).")
@@ -119,32 +122,42 @@ def reward_section(s: Stage) -> Section:
     return sec
 
 
-def ppo_section(s: Stage, ev: Stage | None) -> Section:
+ALGORITHM_TITLES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO", "reinforce_pp": "REINFORCE++"}
+
+
+def on_policy_section(s: Stage, ev: Stage | None) -> Section:
+    """PPO and the critic-free algorithms (RLOO, GRPO, REINFORCE++) log the same names; the value panel is PPO's
+    alone, GRPO adds its KL loss term and the group algorithms their within-group score spread."""
     from rlhf.report import plots
 
-    sec = Section(f"stage-{s.name}", f"PPO ({s.name})", s.name)
+    algo = ALGORITHM_TITLES.get(s.kind, s.kind)
+    sec = Section(f"stage-{s.name}", f"{algo} ({s.name})", s.name)
     names = [("Reward-model score", "objective/scores"), ("Gold score", "objective/gold"),
              ("KL to reference (nats)", "objective/kl"), ("Entropy", "objective/entropy"),
-             ("Value explained variance", "value/explained_variance"), ("Policy clip fraction", "policy/clipfrac"),
+             *([("Value explained variance", "value/explained_variance")] if s.has_critic else []),
+             *([("KL loss term", "loss/kl")] if s.has("loss/kl") else []),
+             *([("Score std within a group", "objective/group_score_std")] if s.has("objective/group_score_std")
+               else []),
+             ("Policy clip fraction", "policy/clipfrac"),
              ("Approx KL per update", "policy/approxkl"), ("Response length (tokens)", "response/length_mean"),
              ("Responses that ended (EOS)", "response/eos_fraction"), ("Distinct bigrams", "response/distinct2"),
              ("Ensemble disagreement", "ensemble/disagreement")]
-    png = plots.curves([(f"{title}  {key}", [(key, _xy(s, key))]) for title, key in names], "PPO update")
-    _add(sec, "PPO training curves", png, "PPO metrics by update: " + ", ".join(k for _, k in names if s.has(k)))
+    png = plots.curves([(f"{title}  {key}", [(key, _xy(s, key))]) for title, key in names], f"{algo} update")
+    _add(sec, f"{algo} training curves", png, f"{algo} metrics by update: " + ", ".join(k for _, k in names if s.has(k)))
 
     eval_points = []
     e = (ev.eval or {}) if ev is not None else {}
     reward = e.get("reward") or {}
-    if _num(reward.get("baseline")) is not None:
+    if number(reward.get("baseline")) is not None:
         eval_points.append(("SFT baseline (eval)", 0.0, float(reward["baseline"])))
-    if _num(reward.get("policy")) is not None and _num(e.get("kl")) is not None:
-        eval_points.append(("PPO policy (eval)", float(e["kl"]), float(reward["policy"])))
+    if number(reward.get("policy")) is not None and number(e.get("kl")) is not None:
+        eval_points.append((f"{algo} policy (eval)", float(e["kl"]), float(reward["policy"])))
     for c in e.get("checkpoints") or []:
-        if isinstance(c, dict) and _num(c.get("kl")) is not None and _num(c.get("reward")) is not None:
+        if isinstance(c, dict) and number(c.get("kl")) is not None and number(c.get("reward")) is not None:
             eval_points.append((str(c.get("name", c.get("step", "checkpoint"))), float(c["kl"]), float(c["reward"])))
     kl, sc = _aligned(s, "objective/kl", "objective/scores")
     _add(sec, "Reward vs KL frontier", plots.frontier(kl[1], sc[1], kl[0], eval_points),
-         "scatter of reward-model score against KL to the reference, one point per PPO update",
+         f"scatter of reward-model score against KL to the reference, one point per {algo} update",
          "Each point is one update's rollouts. A good run moves up faster than it moves right; stars are the "
          "evaluation's baseline and final policy when an eval stage exists.")
 
@@ -152,11 +165,11 @@ def ppo_section(s: Stage, ev: Stage | None) -> Section:
         steps, proxy, gold = _aligned3(s, "objective/scores", "objective/gold")
         kl_g = [dict(zip(*_xy(s, "objective/kl"))).get(st, math.nan) for st in steps]
         _add(sec, "Proxy vs gold (over-optimisation)", plots.proxy_vs_gold(steps, proxy, gold, kl_g),
-             "reward-model score and gold-judge score over PPO updates and against KL",
-             "The reward model (proxy) is what PPO optimises; the gold judge is what we want. Gold flattening or "
+             f"reward-model score and gold-judge score over {algo} updates and against KL",
+             f"The reward model (proxy) is what {algo} optimises; the gold judge is what we want. Gold flattening or "
              "falling while the proxy keeps rising is over-optimisation (Gao et al. 2022).")
     else:
-        sec.notes.append("No proxy-vs-gold curve: objective/gold was not logged (PPO ran without a gold judge; "
+        sec.notes.append(f"No proxy-vs-gold curve: objective/gold was not logged ({algo} ran without a gold judge; "
                          "use --gold demo on the demo task).")
 
     if ev is None or not (ev.path / "samples.jsonl").exists():
@@ -164,6 +177,27 @@ def ppo_section(s: Stage, ev: Stage | None) -> Section:
         if table is not None:
             sec.tables.append(table)
     sec.tables.append(_summary_table(s, ("updates", "train_s")))
+    return sec
+
+
+def dpo_section(s: Stage) -> Section:
+    """DPO trains offline on the preference pairs: its loss and pair accuracy (train and held-out), the margin, and
+    the chosen and rejected log-ratios to the reference (both falling = likelihood displacement)."""
+    from rlhf.report import plots
+
+    sec = Section(f"stage-{s.name}", f"DPO ({s.name})", s.name)
+    png = plots.curves([
+        ("DPO loss", [("train  dpo/loss", _xy(s, "dpo/loss")), ("held-out  eval/dpo_loss", _xy(s, "eval/dpo_loss"))]),
+        ("Pair accuracy", [("train  dpo/accuracy", _xy(s, "dpo/accuracy")),
+                           ("held-out  eval/dpo_accuracy", _xy(s, "eval/dpo_accuracy"))]),
+        ("Margin  dpo/margin", [("dpo/margin", _xy(s, "dpo/margin"))]),
+        ("Log-ratio to the reference", [("chosen  dpo/chosen_logratio", _xy(s, "dpo/chosen_logratio")),
+                                        ("rejected  dpo/rejected_logratio", _xy(s, "dpo/rejected_logratio"))]),
+    ], "optimiser step")
+    _add(sec, "DPO training curves", png, "DPO loss, pair accuracy, margin and log-ratios by step",
+         "The margin is beta times (chosen log-ratio minus rejected log-ratio). A chosen log-ratio that falls while "
+         "the margin rises means both responses lose likelihood, the rejected faster (likelihood displacement).")
+    sec.tables.append(_summary_table(s, ("eval/dpo_loss", "eval/dpo_accuracy", "steps", "train_pairs", "train_s")))
     return sec
 
 
@@ -187,15 +221,15 @@ def eval_section(s: Stage, show_rm: bool = True) -> Section:
         sec.tables.append(Table("Policy against the baseline", ["quantity", "value"], extra))
     gold = e.get("gold") or {}
     _add(sec, "Gold score: baseline vs policy",
-         plots.bars("Gold score", [("SFT baseline", _num(gold.get("baseline"))),
-                                   ("PPO policy", _num(gold.get("policy")))], "mean gold score"),
+         plots.bars("Gold score", [("SFT baseline", number(gold.get("baseline"))),
+                                   ("PPO policy", number(gold.get("policy")))], "mean gold score"),
          "bar chart of the mean gold score of the baseline and of the policy")
-    wins = [(f"by {k}", _num(v)) for k, v in (e.get("win_rate") or {}).items()]
+    wins = [(f"by {k}", number(v)) for k, v in (e.get("win_rate") or {}).items()]
     _add(sec, "Win rate against the baseline", plots.bars("Policy win rate", wins, "win rate", ("tie", 0.5), (0, 1)),
          "bar chart of the policy's win rate against the baseline by each judge")
     rm = (e.get("rm") or {}) if show_rm else {}  # shown with the reward stage when there is one
-    _add(sec, "Reward model: accuracy vs Bayes-optimal", _accuracy_bars(_num(rm.get("accuracy")),
-                                                                         _num(rm.get("bayes_accuracy"))),
+    _add(sec, "Reward model: accuracy vs Bayes-optimal", _accuracy_bars(number(rm.get("accuracy")),
+                                                                         number(rm.get("bayes_accuracy"))),
          "bar chart of the reward model's accuracy next to the Bayes-optimal accuracy")
     samples = _eval_samples(s, sec)
     if samples is not None:
@@ -289,22 +323,11 @@ def _accuracy_bars(acc: float | None, bayes: float | None) -> str | None:
     return plots.bars("Held-out preference accuracy", items, "accuracy", ("chance", 0.5), (0, 1.05))
 
 
-def _rm_accuracy(s: Stage) -> tuple[float | None, float | None]:
-    for src in (s.summary, s.eval, next((r for r in reversed(s.rows) if "eval/rm_accuracy" in r), None)):
-        if src and _num(src.get("eval/rm_accuracy")) is not None:
-            return _num(src["eval/rm_accuracy"]), _num(src.get("eval/rm_bayes_accuracy"))
-    return None, None
-
-
 def _summary_table(s: Stage, keys: tuple[str, ...]) -> Table:
     summary = s.summary or {}
     rows = [[k, _fmt(summary[k])] for k in keys if k in summary and not isinstance(summary[k], (dict, list))]
     return Table("Final numbers (summary.json)" if rows else "No summary.json (stage not finished)",
                  ["name", "value"], rows)
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _fmt(v: Any) -> str:

@@ -4,14 +4,14 @@ re-exported here (seeding, accelerator, optimiser, checkpoints, RNG state, Train
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from rlhf.io import atomic_write_text, check_output
+from rlhf.artifacts import write_summary  # noqa: F401  (re-exported: the one summary.json writer, with kind)
+from rlhf.io import check_output
 from rlhf.train.accelerator import make_accelerator  # noqa: F401  (re-exported: moved to rlhf.train)
 from rlhf.train.checkpoint import (  # noqa: F401
     load_checkpoint_file,
@@ -80,11 +80,6 @@ def holds_results(folder: Path) -> bool:
         if p.is_file() and p.stat().st_size > 0 and not any(p.match(pattern) for pattern in SETUP_FILES):
             return True
     return False
-
-
-def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
-    """`summary.json` is written last: its presence marks the stage as complete."""
-    return atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def stage_done(out_dir: Path) -> bool:

@@ -174,7 +174,7 @@ def run(cfg: DemoConfig) -> Path:
     stage("report", False, lambda: _report(out))
 
     summary = _summary(out, times)
-    write_summary(out, summary)
+    write_summary(out, summary, kind="demo")
     _print_summary(out, summary)
     return out
 

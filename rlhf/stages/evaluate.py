@@ -1,4 +1,4 @@
-"""Evaluation: compare a policy with a baseline (by default the SFT model its PPO run started from) on held-out
+"""Evaluation: compare a policy with a baseline (by default the SFT model its training run started from) on held-out
 prompts, by the reward model, by the gold judge and by a second, independent judge.
 
     rlhf eval --policy runs/x/ppo --reward runs/x/reward --prompts runs/x/data/prompts_heldout.jsonl --gold demo
@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from rlhf.config import Device, Dtype, Gold, check, check_choices, load_yaml, opt, save_config
+from rlhf.artifacts import policy_run, rm_accuracy
+from rlhf.config import Device, Dtype, Gold, check, check_choices, opt, save_config
 from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
@@ -41,9 +42,9 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 @dataclass
 class EvalConfig:
     policy: str = opt("", "the policy to evaluate: a model folder (e.g. RUN/ppo) or hub id")
-    baseline: str = opt("", "the model to compare with; empty = the reference of the PPO run in --policy (its "
+    baseline: str = opt("", "the model to compare with; empty = the reference of the training run in --policy (its "
                         "config.yaml: ref, else policy), i.e. the SFT model")
-    ref: str = opt("", "reference model for the KL; empty = the PPO run's reference, else --baseline")
+    ref: str = opt("", "reference model for the KL; empty = the training run's reference, else --baseline")
     reward: str = opt("", "reward model folder (from `rlhf reward`)")
     prompts: str = opt("", "held-out prompts JSONL {'prompt_id', 'prompt'}; empty = RUN/data/prompts_heldout.jsonl "
                        "for a policy in RUN/ppo")
@@ -51,8 +52,8 @@ class EvalConfig:
     n_prompts: int = opt(0, "use the first N prompts (0 = all)")
     samples_per_prompt: int = opt(1, "responses per prompt from each model (pairs: the i-th of each)")
     temperature: float | None = opt(None, "sampling temperature of both models and of the KL's log-probs; empty = "
-                                    "the PPO run's (its config.yaml), else 0.7")
-    max_new_tokens: int | None = opt(None, "longest response in tokens; empty = the PPO run's, else 48")
+                                    "the on-policy run's (its config.yaml), else 0.7")
+    max_new_tokens: int | None = opt(None, "longest response in tokens; empty = the on-policy run's, else 48")
     seed: int = opt(0, "sampling seed (the same random numbers for both models)")
     gold: Gold = opt("", "gold judge: 'demo' (the demo task's sentiment judge, plus TextBlob polarity as a second "
                      "judge) or '' for none")
@@ -101,7 +102,7 @@ def run(cfg: EvalConfig) -> Path:
     from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
     from rlhf.models.reward import load_reward_model
 
-    # 0. defaults that come from the PPO run (baseline, reference, temperature, paths); the resolved config is saved
+    # 0. defaults that come from the training run (baseline, reference, temperature, paths); the resolved config is saved
     cfg = resolve(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ def run(cfg: EvalConfig) -> Path:
     atomic_write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
     print_table(report)
     write_summary(out, {"eval_s": time.perf_counter() - t_start, "pairs": len(items),
-                        "win_rate": report["win_rate"], "kl": report["kl"]})
+                        "win_rate": report["win_rate"], "kl": report["kl"]}, kind="eval")
     say(f"[eval] {len(items)} pairs on {len(rows)} prompts -> {out}")
     return out
 
@@ -386,16 +387,18 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def resolve(cfg: EvalConfig) -> EvalConfig:
-    """Fill the empty fields from the PPO run in --policy (its config.yaml) and the run folder around it."""
-    ppo = ppo_config(cfg.policy)
+    """Fill the empty fields from the training run in --policy (its config.yaml, read through rlhf.artifacts: a PPO,
+    RLOO, GRPO, REINFORCE++ or DPO output folder) and the run folder around it."""
+    run = policy_run(cfg.policy)
     run_dir = Path(cfg.policy).parent if Path(cfg.policy).is_dir() else None
-    reference = ppo.get("ref") or ppo.get("policy") or ""
+    reference = run.get("ref") or run.get("policy") or run.get("model") or ""  # DPO names its start `model`
     if reference and (not cfg.baseline or not cfg.ref):
         _check_named_model(reference, cfg.policy)
     baseline = cfg.baseline or reference
     if not baseline:
-        raise UserError(f"config field 'baseline': '{cfg.policy}' is not a PPO run folder (no config.yaml with a "
-                        "'policy' field), so the baseline is unknown; pass --baseline SFT_FOLDER")
+        raise UserError(f"config field 'baseline': '{cfg.policy}' is not the output folder of a policy-training run "
+                        "(ppo, rloo, grpo, reinforce_pp, dpo: a config.yaml naming the model it started from), so the "
+                        "baseline is unknown; pass --baseline SFT_FOLDER")
     prompts = cfg.prompts
     if not prompts:
         guess = run_dir / "data" / "prompts_heldout.jsonl" if run_dir else None
@@ -411,20 +414,12 @@ def resolve(cfg: EvalConfig) -> EvalConfig:
         out = str(run_dir / "eval")
     return dataclasses.replace(
         cfg, baseline=baseline, ref=cfg.ref or reference or baseline, prompts=prompts, out=out,
-        temperature=cfg.temperature if cfg.temperature is not None else float(ppo.get("temperature",
+        # an on-policy run's own sampling settings; DPO samples nothing, so it gets the defaults
+        temperature=cfg.temperature if cfg.temperature is not None else float(run.get("temperature",
                                                                                       DEFAULT_TEMPERATURE)),
-        max_new_tokens=cfg.max_new_tokens if cfg.max_new_tokens is not None else int(ppo.get(
+        max_new_tokens=cfg.max_new_tokens if cfg.max_new_tokens is not None else int(run.get(
             "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
     )
-
-
-def ppo_config(policy: str) -> dict[str, Any]:
-    """The PPO run's resolved config (its config.yaml) if --policy is a PPO output folder, else {}."""
-    path = Path(policy) / "config.yaml"
-    if not path.is_file():
-        return {}
-    data = load_yaml(path)
-    return data if "policy" in data and "kl_coef" in data else {}  # an SFT folder has a config.yaml too
 
 
 def _check_named_model(name: str, policy: str) -> None:
@@ -476,11 +471,9 @@ def read_rm_accuracy(cfg: EvalConfig) -> dict[str, Any]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        acc = data.get("eval/rm_accuracy", data.get("accuracy")) if isinstance(data, dict) else None
+        acc, bayes, _ = rm_accuracy(data)
         if acc is not None:
-            bayes = data.get("eval/rm_bayes_accuracy", data.get("bayes_accuracy"))
-            return {"accuracy": float(acc), "bayes_accuracy": float(bayes) if bayes is not None else None,
-                    "source": str(path)}
+            return {"accuracy": acc, "bayes_accuracy": bayes, "source": str(path)}
         if given is not None:
             raise UserError(f"{path}: no 'eval/rm_accuracy' key (was the reward model trained with held-out pairs?)")
     say(f"[eval] note: no held-out reward-model accuracy found in {given or cfg.reward} "

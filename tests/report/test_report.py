@@ -109,7 +109,7 @@ def test_subset_of_stages_ppo_only_without_gold(tmp_path):
 def test_ppo_samples_are_shown_without_an_eval_stage(run, tmp_path):
     import shutil
 
-    from rlhf.diagnose.runs import load_stage
+    from rlhf.artifacts import load_stage
     from rlhf.report.build import _ppo_samples
 
     shutil.copytree(run / "ppo", tmp_path / "ppo")

@@ -229,3 +229,35 @@ def test_unknown_baseline_and_bad_fields_are_user_errors(setup, tmp_path):
     with pytest.raises(UserError, match="does not exist from here"):
         ev.run(ev.EvalConfig(policy=str(moved), reward=str(setup["run"] / "reward"), prompts="x.jsonl",
                              out=str(tmp_path / "e")))
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo", "reinforce_pp", "dpo"])
+def test_defaults_come_from_the_training_run_of_any_algorithm(tmp_path, kind):
+    """--policy may be any algorithm's output folder: eval reads its kind and config through rlhf.artifacts (a GRPO
+    folder logs no value/* names and a DPO config names no kl_coef, so neither looks like today's PPO config)."""
+    from rlhf.artifacts import write_summary
+
+    run = tmp_path / "run"
+    write_jsonl(run / "data" / "prompts_heldout.jsonl", [{"prompt_id": "p0", "prompt": "the hotel"}])
+    folder = run / kind
+    folder.mkdir()
+    if kind == "dpo":  # offline: no sampling settings of its own
+        config = {"model": str(tmp_path / "sft"), "ref": "", "data": "prefs.jsonl", "beta": 0.1}
+    else:
+        config = {"policy": str(tmp_path / "sft"), "ref": "", "reward": "r", "temperature": 0.8, "max_new_tokens": 9}
+    (tmp_path / "sft").mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    write_summary(folder, {}, kind=kind)
+    cfg = ev.resolve(ev.EvalConfig(policy=str(folder), reward="r"))
+    assert (cfg.baseline, cfg.ref, cfg.out) == (str(tmp_path / "sft"), str(tmp_path / "sft"), str(run / "eval"))
+    if kind == "dpo":
+        assert (cfg.temperature, cfg.max_new_tokens) == (ev.DEFAULT_TEMPERATURE, ev.DEFAULT_MAX_NEW_TOKENS)
+    else:
+        assert (cfg.temperature, cfg.max_new_tokens) == (0.8, 9)
+    # an SFT folder is no training run: its `model` is not a baseline
+    sft = run / "sft"
+    sft.mkdir()
+    (sft / "config.yaml").write_text(yaml.safe_dump({"model": "tiny:tiny", "max_steps": 3}))
+    write_summary(sft, {}, kind="sft")
+    with pytest.raises(UserError, match="pass --baseline"):
+        ev.resolve(ev.EvalConfig(policy=str(sft), reward="r"))
