@@ -46,6 +46,7 @@ from rlhf.stages.common import stage_outputs, write_summary
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
+from rlhf.train.lora import add_lora
 from rlhf.train.pairs import (  # noqa: F401  (moved to rlhf.train.pairs; reward.NAME still works)
     ASSISTANT,
     Pair,
@@ -519,17 +520,8 @@ def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]
         enable_gradient_checkpointing(model)
     if not cfg.lora_r:
         return model, None
-    from peft import LoraConfig, get_peft_model
-
     head_name = next(n for n, m in model.named_modules() if m is head)
-    target: Any = cfg.lora_target
-    if target != "all-linear":
-        target = [t.strip() for t in target.split(",") if t.strip()]
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=target,
-                      exclude_modules=[head_name])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        peft_model = get_peft_model(model, lora)
+    peft_model = add_lora(model, cfg, seed, exclude_modules=[head_name])
     # the head is new: train it in full (what peft's modules_to_save does), and it is saved as a plain Linear;
     # in fp32 like every trained weight
     head.float().requires_grad_(True)

@@ -33,6 +33,7 @@ from rlhf.models.data_source import read_rows
 from rlhf.stages.common import stage_outputs, write_summary
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.loop import train_loop
+from rlhf.train.lora import add_lora, save_model
 from rlhf.train.optim import lr_factor  # noqa: F401  (moved to rlhf.train.optim; re-exported for old imports)
 from rlhf.train.progress import say
 from rlhf.train.seeds import set_seed
@@ -171,31 +172,8 @@ def _model(cfg: SFTConfig, tokenizer: Any, quant: Any = None) -> tuple[Any, Any]
         enable_gradient_checkpointing(model)
     if not cfg.lora_r:
         return model, None
-    from peft import LoraConfig, get_peft_model
-
-    target: Any = cfg.lora_target
-    if target != "all-linear":
-        target = [t.strip() for t in target.split(",") if t.strip()]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        peft_model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=target,
-                                                      lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM"))
+    peft_model = add_lora(model, cfg, cfg.seed, task_type="CAUSAL_LM")
     return peft_model.get_base_model(), peft_model
-
-
-def save_model(acc: Any, model: Any, peft_model: Any, out: Path, dtype: str) -> None:
-    """Save an HF folder that plain transformers loads, in `dtype`: LoRA adapters merged; under FSDP/ZeRO-3 the
-    full state dict is gathered first (every process must call this)."""
-    from rlhf.models.precision import cast_state_dict
-
-    if peft_model is not None:
-        if acc.is_main_process:
-            merged = peft_model.merge_and_unload()
-            merged.save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(merged.state_dict(), dtype))
-        return
-    state = acc.get_state_dict(model)  # a collective under FSDP/DeepSpeed: gathers the shards
-    if acc.is_main_process:
-        acc.unwrap_model(model).save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(state, dtype))
 
 
 def _mode(row: dict[str, Any]) -> str:
