@@ -64,13 +64,19 @@ def enable_gradient_checkpointing(model: Any, field: str = "gradient_checkpointi
     target.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
 
 
+def _cuda_package_unavailable(package: str, gpu_only: str, install: str) -> str | None:
+    """Why a CUDA-only package cannot run here (no GPU, or not installed), or None when it can."""
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU is visible ({gpu_only})"
+    if importlib.util.find_spec(package) is None:
+        return f"the {package} package is not installed ({install})"
+    return None
+
+
 def bitsandbytes_unavailable() -> str | None:
     """Why 4/8-bit loading cannot work here, or None when it can."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (bitsandbytes 4/8-bit kernels run on CUDA GPUs)"
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "the bitsandbytes package is not installed (pip install 'rlhf[quant]' or pip install bitsandbytes)"
-    return None
+    return _cuda_package_unavailable("bitsandbytes", "bitsandbytes 4/8-bit kernels run on CUDA GPUs",
+                                     "pip install 'rlhf[quant]' or pip install bitsandbytes")
 
 
 def quantization_config(load_in: str, dtype: str, lora_r: int) -> Any:
@@ -109,11 +115,7 @@ def prepare_quantized(model: Any, load_in: str, gradient_checkpointing: bool) ->
 
 def vllm_unavailable() -> str | None:
     """Why the vLLM generation backend (rlhf/models/vllm_backend.py) cannot run here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible (vLLM runs on GPUs only)"
-    if importlib.util.find_spec("vllm") is None:
-        return "the vllm package is not installed (pip install vllm)"
-    return None
+    return _cuda_package_unavailable("vllm", "vLLM runs on GPUs only", "pip install vllm")
 
 
 def check_generation_backend(backend: str, processes: int = 1) -> None:
