@@ -23,6 +23,7 @@ STAGES: dict[str, Stage] = {
     "sample": Stage("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
     "reward": Stage("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
     "ppo": Stage("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
+    "dpo": Stage("rlhf.stages.dpo", "DPOConfig", "DPO: train the policy directly on the preference pairs (no reward model)"),
     "value-pretrain": Stage("rlhf.stages.value_pretrain", "ValuePretrainConfig", "fit the value model to the SFT "
                             "policy's returns before PPO (rlhf ppo --value OUT)"),
     "eval": Stage("rlhf.stages.evaluate", "EvalConfig", "compare a policy with the SFT baseline: reward, gold, KL, win rates"),

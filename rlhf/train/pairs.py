@@ -192,7 +192,7 @@ def split_heldout(cfg: Any, pairs: list[Pair], table: SequenceTable
         evals, source = [p for p in pairs if p.split == "heldout"], "rows with split=heldout"
     elif cfg.eval_data:
         train = pairs
-        evals, eval_skips = read_pairs(cfg.eval_data, table, cfg.ties)
+        evals, eval_skips = read_pairs(cfg.eval_data, table, getattr(cfg, "ties", "skip"))  # DPO: skip
         source = f"eval_data {cfg.eval_data}"
     elif cfg.eval_fraction > 0:
         groups = sorted({p.group for p in pairs})
@@ -250,7 +250,7 @@ def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[
 
     Returns input_ids, attention_mask (U, T); chosen, rejected (P,) long; margin (P,) float (0 where absent);
     tie (P,) bool; group (U,) long, the row's prompt group (for `shared_prefix_layout`); prompt_len (U,) long, the
-    prompt tokens at the start of each row."""
+    prompt tokens at the start of each row; seq (U,) long, each row's index in the table."""
     rows: dict[int, int] = {}
     row_group: dict[int, int] = {}  # row -> index of its pair's group (the responses of one prompt)
     groups: dict[str, int] = {}
@@ -271,7 +271,8 @@ def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[
             "margin": torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32),
             "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),
             "group": torch.tensor([row_group[r] for r in range(len(rows))]),
-            "prompt_len": torch.tensor([table.prompt_lens[i] for i in rows], dtype=torch.long)}
+            "prompt_len": torch.tensor([table.prompt_lens[i] for i in rows], dtype=torch.long),
+            "seq": torch.tensor(list(rows), dtype=torch.long)}
 
 
 def report_skips(cfg: Any, tag: str, skips: dict[str, Counter]) -> None:

@@ -1,0 +1,136 @@
+"""DPO on the tiny models the reward tests build: it learns the preference (loss falls, held-out DPO accuracy above
+chance), its first step is at policy == reference (log-ratios exactly 0), the precomputed and the online reference
+agree, resume is bit-identical, and bad input is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf.cli import main
+from rlhf.io import write_jsonl
+from rlhf.stages import dpo
+from rlhf.train import checkpoint
+from tests.stages.reward_data import pair_rows, ranking_rows, save_base_model
+
+
+@pytest.fixture(scope="module")
+def base(tokenizer, tmp_path_factory):
+    return save_base_model(tokenizer, tmp_path_factory.mktemp("sft"))
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory):
+    """Chosen responses hold a positive word, rejected ones a negative word (chance is 0.5)."""
+    d = tmp_path_factory.mktemp("prefs")
+    write_jsonl(d / "prefs.jsonl", pair_rows(240, seed=0))
+    return d / "prefs.jsonl"
+
+
+def _cfg(base, data, out, **kw):
+    values = dict(model=str(base), data=str(data), out=str(out), batch_size=16, lr=1e-3, warmup_steps=2, beta=0.1,
+                  eval_every=5, log_every=1, save_every=0, max_length=96, device="cpu", seed=0)
+    values.update(kw)
+    return dpo.DPOConfig(**values)
+
+
+def _metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(base, prefs, tmp_path_factory):
+    return dpo.run(_cfg(base, prefs, tmp_path_factory.mktemp("dpo") / "out"))
+
+
+def test_dpo_learns_the_preference(trained):
+    rows = _metrics(trained)
+    losses = [r["dpo/loss"] for r in rows if "dpo/loss" in r]
+    evals = [r for r in rows if "eval/dpo_accuracy" in r]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference: sigmoid(0)
+    assert losses[-1] < losses[0] - 0.2
+    assert evals[0]["eval/dpo_accuracy"] == 0.0  # every held-out pair a tie at the start
+    assert evals[-1]["eval/dpo_accuracy"] > 0.8 and evals[-1]["eval/dpo_loss"] < evals[0]["eval/dpo_loss"]
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["kind"] == "dpo" and summary["eval/dpo_accuracy"] == evals[-1]["eval/dpo_accuracy"]
+    assert {"dpo/margin", "dpo/chosen_logratio", "dpo/rejected_logratio", "dpo/lr", "dpo/grad_norm"} <= set(rows[1])
+
+
+@pytest.mark.parametrize("kw", [dict(reference="precompute", grad_accum=2), dict(reference="online"),
+                                dict(reference="online", lora_r=4, lr=1e-2)], ids=["precompute", "online", "lora"])
+def test_first_step_is_at_policy_equal_to_reference(base, prefs, tmp_path, kw):
+    out = dpo.run(_cfg(base, prefs, tmp_path / "o", max_steps=2, eval_every=100, **kw))
+    rows = _metrics(out)
+    first = next(r for r in rows if "dpo/loss" in r)
+    assert first["step"] == 1
+    assert first["dpo/chosen_logratio"] == 0.0 and first["dpo/rejected_logratio"] == 0.0  # exactly, not ~1e-7
+    assert first["dpo/margin"] == 0.0 and rows[0]["eval/dpo_chosen_logratio"] == 0.0
+    second = next(r for r in rows if r.get("step") == 2 and "dpo/loss" in r)
+    assert second["dpo/margin"] != 0.0  # the policy moved away from the reference
+
+
+def test_precomputed_and_online_reference_train_the_same(base, prefs, tmp_path, trained):
+    online = dpo.run(_cfg(base, prefs, tmp_path / "online", reference="online"))
+    a, b = _metrics(trained), _metrics(online)
+    for ra, rb in zip(a, b):
+        for key in ("dpo/loss", "eval/dpo_loss"):
+            if key in ra:
+                assert ra[key] == pytest.approx(rb[key], abs=1e-5), (ra["step"], key)
+
+
+def test_resume_is_bit_identical(base, tmp_path, monkeypatch):
+    data = tmp_path / "rank.jsonl"
+    write_jsonl(data, ranking_rows(30, 3, seed=1))  # k-wise rankings: groups packed together, a ranking per group
+    straight = dpo.run(_cfg(base, data, tmp_path / "a", max_steps=8, save_every=3, eval_every=4, early_stopping=True))
+
+    class Crash(Exception):
+        pass
+
+    real_save, calls = checkpoint.save_checkpoint_dir, {"n": 0}
+
+    def save_then_crash(build, final_dir):
+        real_save(build, final_dir)
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the step-6 checkpoint
+            raise Crash
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
+    with pytest.raises(Crash):
+        dpo.run(_cfg(base, data, tmp_path / "b", max_steps=8, save_every=3, eval_every=4, early_stopping=True))
+    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
+    assert not (tmp_path / "b" / "summary.json").exists()
+    resumed = dpo.run(_cfg(base, data, tmp_path / "b", max_steps=8, save_every=3, eval_every=4, early_stopping=True,
+                           resume=True))
+    wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = [{k: v for k, v in r.items() if k != "throughput/tokens_per_s"} for r in _metrics(straight)]
+    assert strip == [{k: v for k, v in r.items() if k != "throughput/tokens_per_s"} for r in _metrics(resumed)]
+
+
+def test_the_output_is_a_plain_hf_policy_that_eval_compares_with_the_sft_model(trained, base):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.stages import evaluate
+
+    assert AutoModelForCausalLM.from_pretrained(trained) is not None
+    cfg = evaluate.resolve(evaluate.EvalConfig(policy=str(trained), reward="r", prompts="p.jsonl"))
+    assert cfg.baseline == str(base) and cfg.ref == str(base) and cfg.out == str(trained.parent / "eval")
+
+
+def test_bad_input_is_one_line(base, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    write_jsonl(empty, [{"prompt": "p", "chosen": " same", "rejected": " same"}] * 5)  # nothing to learn from
+    for argv, message in [
+        (["--data", str(tmp_path / "missing.jsonl")], "missing.jsonl"),
+        (["--data", str(empty), "--eval_fraction", "0"], "no training pairs left"),
+        (["--data", str(empty), "--beta", "0"], "config field 'beta'"),
+        (["--data", str(empty), "--reference", "frozen"], "field 'reference'"),
+    ]:
+        assert main(["dpo", "--model", str(base), "--out", str(tmp_path / "o"), "--device", "cpu", *argv]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhf: error")]
+        assert len(errors) == 1 and message in errors[0], errors  # progress lines (the skip count) may come before
+    assert not (tmp_path / "o").exists()  # a failed run leaves no folder holding only config.yaml
