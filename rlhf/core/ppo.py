@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.core._checks import check_2d, check_mask, check_number, check_rows, check_same_shape, check_tensor
+from rlhf.core.advantages import aggregate_loss
 from rlhf.core.stats import masked_mean, masked_var
 
 
@@ -103,14 +104,17 @@ def importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, m
 
 
 def ppo_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
-    weights: torch.Tensor | None = None,
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float | None,
+    weights: torch.Tensor | None = None, aggregation: str = "token-mean", norm: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate policy loss, averaged over valid tokens.
 
     logp (current policy, with grad), old_logp (policy that sampled), advantages, mask: (B, T).
     weights: optional (B, T) per-token weights without gradient (importance weights from `importance_weights`):
-    loss = masked_mean(weights * max(...)); None = all 1.
+    loss = masked_mean(weights * max(...)); None = all 1. clip_range None: no clipping, the per-token loss is
+    -A * ratio (on-policy its gradient is REINFORCE's, -A * grad logp). aggregation, norm: how the per-token loss
+    is reduced (`aggregate_loss`: "token-mean", the default and PPO's, or GRPO's per-sequence modes); the stats
+    are token means whatever the aggregation.
     Returns (loss, stats): loss is 0-dim; stats are detached 0-dim tensors:
       clipfrac   fraction of valid tokens where the clipped term is the larger one (its gradient is 0 there),
       approxkl   k3 estimate of KL(old || new) from the old policy's samples: mean(ratio - 1 - log ratio),
@@ -118,18 +122,19 @@ def ppo_policy_loss(
     """
     fn = "ppo_policy_loss"
     _check_inputs(fn, mask, "logp", logp, old_logp=old_logp, advantages=advantages)
-    eps = check_number(fn, "clip_range", clip_range, low=0.0, low_open=True)
+    eps = None if clip_range is None else check_number(fn, "clip_range", clip_range, low=0.0, low_open=True)
     log_ratio = _zero_masked(logp - old_logp, mask)
     adv = _zero_masked(advantages, mask)
     ratio = torch.exp(log_ratio)
     # Schulman et al. 2017 (PPO), eq. 7, as a loss to minimise: max of the negated unclipped and clipped terms.
     loss_unclipped = -adv * ratio
-    loss_clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
+    loss_clipped = loss_unclipped if eps is None else -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
     per_token = torch.maximum(loss_unclipped, loss_clipped)
     if weights is not None:
         check_same_shape(fn, "logp", logp, weights=weights)
         per_token = per_token * _zero_masked(weights.detach(), mask)
-    loss = masked_mean(per_token, mask)
+    loss = masked_mean(per_token, mask) if aggregation == "token-mean" else aggregate_loss(per_token, mask, aggregation,
+                                                                                            norm)
     with torch.no_grad():
         valid_ratio = ratio[mask]
         stats = {

@@ -23,6 +23,10 @@ STAGES: dict[str, Stage] = {
     "sample": Stage("rlhf.stages.sample", "SampleConfig", "sample K responses per prompt (input for labeling)"),
     "reward": Stage("rlhf.stages.reward", "RewardConfig", "train a reward model on preference pairs (Bradley-Terry)"),
     "ppo": Stage("rlhf.stages.ppo", "PPOConfig", "PPO: train the policy and value function against the reward model"),
+    "rloo": Stage("rlhf.stages.rloo", "RLOOConfig", "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt"),
+    "grpo": Stage("rlhf.stages.grpo", "GRPOConfig", "GRPO: group-normalised advantages, KL in the loss, no value model"),
+    "reinforce_pp": Stage("rlhf.stages.reinforce_pp", "ReinforcePPConfig", "REINFORCE++: KL in the reward, "
+                          "batch-normalised returns, no value model"),
     "dpo": Stage("rlhf.stages.dpo", "DPOConfig", "DPO: train the policy directly on the preference pairs (no reward model)"),
     "value-pretrain": Stage("rlhf.stages.value_pretrain", "ValuePretrainConfig", "fit the value model to the SFT "
                             "policy's returns before PPO (rlhf ppo --value OUT)"),
