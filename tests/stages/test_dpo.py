@@ -134,3 +134,16 @@ def test_bad_input_is_one_line(base, tmp_path, capsys):
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rlhf: error")]
         assert len(errors) == 1 and message in errors[0], errors  # progress lines (the skip count) may come before
     assert not (tmp_path / "o").exists()  # a failed run leaves no folder holding only config.yaml
+
+
+def test_logged_names_are_defined_in_docs_metrics(base, prefs, tmp_path):
+    from pathlib import Path
+
+    out = dpo.run(_cfg(base, prefs, tmp_path / "es", max_steps=6, eval_every=2, early_stopping=True))
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    section = doc.split("## DPO")[1].split("\n## ")[0] + doc.split("## Common")[1].split("\n## ")[0]
+    names = {n for line in section.splitlines() if line.startswith("| `") for n in line.split("|")[1].split("`")[1::2]}
+    logged = {k for r in _metrics(out) for k in r}
+    assert logged <= names, logged - names
+    assert {"dpo/loss", "dpo/accuracy", "dpo/margin", "dpo/chosen_logratio", "dpo/rejected_logratio",
+            "eval/dpo_loss", "eval/dpo_accuracy", "eval/dpo_best_loss", "eval/dpo_best_step"} <= logged
