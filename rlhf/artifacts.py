@@ -117,21 +117,23 @@ def load_stage(folder: Path) -> Stage:
     config = _read_yaml(folder / "config.yaml", notes)
     summary = _read_json(folder / "summary.json", notes)
     ev = _read_json(folder / "eval.json", notes)
-    kind = summary.get("kind") if summary and isinstance(summary.get("kind"), str) else stage_kind(rows, ev)
+    kind = summary.get("kind") if summary and isinstance(summary.get("kind"), str) else stage_kind(rows, ev, config)
     algorithm = summary.get("algorithm") if summary and isinstance(summary.get("algorithm"), str) else None
     return Stage(folder.name, kind, folder, rows, config, summary, ev, notes, algorithm)
 
 
-def stage_kind(rows: list[dict[str, Any]], ev: dict[str, Any] | None) -> str:
+def stage_kind(rows: list[dict[str, Any]], ev: dict[str, Any] | None, config: dict[str, Any] | None = None) -> str:
     """Which stage wrote these metrics, for a folder whose summary.json has no "kind" (a run still going, one that
-    crashed, or one written before the kind was recorded): from the metric names (docs/metrics.md), never the
-    folder name."""
+    crashed, or one written before the kind was recorded): from the metric names (docs/metrics.md) and, where the
+    names are shared, an option only one algorithm's config.yaml has; never from the folder name."""
     keys = set().union(*rows) if rows else set()
     if "objective/kl" in keys or "objective/scores" in keys:
         if any(k.startswith("value/") or k == "loss/value" for k in keys):
             return "ppo"
         if "loss/kl" in keys:  # GRPO: the KL is a loss term, not a reward penalty
             return "grpo"
+        if "group_baseline" in (config or {}):  # REINFORCE++ logs the group spread too when it samples k per prompt
+            return "reinforce_pp"
         if "objective/group_score_std" in keys:
             return "rloo"
         if keys & {"policy/approxkl", "loss/policy"}:  # an on-policy run without a critic and without groups

@@ -559,13 +559,15 @@ def loss_not_falling(s: Stage) -> Hit | None:
                (loss.steps[0], loss.steps[-1]), advice)
 
 
-@rule("no-group-signal", ("rloo", "grpo"), "All samples of a prompt get the same score",
-      why="RLOO and GRPO learn only from differences between the k responses to one prompt (the advantage is a "
-          "score minus the group's mean). When every group's scores are equal, every advantage is 0: the policy "
-          "gets no gradient however long it trains.",
-      fix="Raise the sampling temperature or samples_per_prompt (more varied groups); use a reward with more "
+@rule("no-group-signal", ("rloo", "grpo", "reinforce_pp"), "All samples of a prompt get the same score",
+      why="RLOO, GRPO and REINFORCE++ with group_baseline learn only from differences between the k responses to one "
+          "prompt (the advantage is a score minus the group's mean). When every group's scores are equal, every "
+          "advantage is 0: the policy gets no gradient however long it trains.",
+      fix="Raise the sampling temperature or num_samples (more varied groups); use a reward with more "
           "resolution (a reward model rather than a 0/1 check); drop prompts the policy always gets right or wrong.")
 def no_group_signal(s: Stage) -> Hit | None:
+    if s.kind == "reinforce_pp" and not s.config.get("group_baseline"):
+        return None  # its baseline is the whole batch's mean: equal scores within a prompt still differ across prompts
     std = s.series("objective/group_score_std").finite()
     if len(std) < MIN_POINTS:
         return None

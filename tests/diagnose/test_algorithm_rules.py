@@ -54,6 +54,9 @@ def test_kind_comes_from_summary_then_from_the_metric_names(tmp_path):
     rloo = ppo_rows(6, **{**NO_CRITIC, "objective/group_score_std": 0.5})
     assert load_stage(write_stage(tmp_path / "b", rloo, summary={})).kind == "rloo"
     assert load_stage(write_stage(tmp_path / "c", ppo_rows(6, **NO_CRITIC), summary={})).kind == "reinforce_pp"
+    # REINFORCE++ sampling k per prompt logs the group spread as RLOO does: its config's group_baseline tells them apart
+    assert load_stage(write_stage(tmp_path / "c2", rloo, config={"group_baseline": False}, summary={})).kind \
+        == "reinforce_pp"
     assert load_stage(write_stage(tmp_path / "d", ppo_rows(6), summary={})).kind == "ppo"
     vpt = [{"step": i, "vpt/loss": 1.0 / i} for i in range(1, 5)]
     assert load_stage(write_stage(tmp_path / "e", vpt, summary={})).kind == "value-pretrain"
@@ -77,6 +80,11 @@ def test_no_group_signal(tmp_path):
     assert f.severity == "severe" and "group_score_std 0" in f.evidence
     varied = ppo_rows(10, **{**NO_CRITIC, "objective/group_score_std": 0.4})
     assert "no-group-signal" not in _hits(write_stage(tmp_path / "ok", varied, summary={"kind": "rloo"}))
+    # REINFORCE++: only with group_baseline does a flat group zero the advantage (else the batch mean is the baseline)
+    for baseline, hit in ((True, True), (False, False)):
+        folder = write_stage(tmp_path / f"rpp-{baseline}", rows, config={"group_baseline": baseline, "num_samples": 4},
+                             summary={"kind": "reinforce_pp"})
+        assert ("no-group-signal" in _hits(folder)) is hit
 
 
 def dpo_rows(n: int, chosen, margin, heldout=0.7, train_acc=0.7) -> list[dict]:
