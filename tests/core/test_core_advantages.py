@@ -1,3 +1,4 @@
+import math
 import statistics
 
 import pytest
@@ -199,3 +200,37 @@ def test_aggregate_errors():
         aggregate_loss(x, mask, "seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="no valid token"):
         aggregate_loss(x, mask_from_lengths([0, 2], 3), "seq-mean-token-mean")
+
+
+# ---------------------------------------------------------------- the policy loss's aggregation and REINFORCE form
+
+
+@SETTINGS
+@given(padded_batches(n_tensors=3), st.sampled_from(["seq-mean-token-mean", "seq-mean-token-sum-norm"]))
+def test_policy_loss_aggregation_matches_the_per_token_terms(batch, mode):
+    from rlhf.core import ppo_policy_loss
+
+    (logp, old, adv), mask = batch
+    logp, old = logp * 0.2, old * 0.2
+    norm = float(mask.shape[1])
+    got, stats = ppo_policy_loss(logp, old, adv, mask, 0.2, aggregation=mode, norm=norm)
+    ratio = torch.exp(logp - old)
+    per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
+    assert got.item() == pytest.approx(aggregate_loop(per_token, mask, mode, norm), rel=1e-9, abs=1e-9)
+    _, token_stats = ppo_policy_loss(logp, old, adv, mask, 0.2)  # the stats stay token means
+    assert stats["clipfrac"].item() == token_stats["clipfrac"].item()
+
+
+def test_unclipped_policy_loss_is_reinforce_on_policy():
+    from rlhf.core import ppo_policy_loss
+
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([[2.0, 2.0], [-1.0, 0.0]], dtype=torch.float64)
+    mask = mask_from_lengths([2, 1], 2)
+    loss, stats = ppo_policy_loss(logp, logp.detach().clone(), adv, mask, None)
+    loss.backward()
+    # -A * ratio at ratio 1 has the gradient of -A * logp: -A / N at every valid token
+    assert logp.grad.flatten().tolist() == pytest.approx([-2 / 3, -2 / 3, 1 / 3, 0.0])
+    # far off-policy, nothing is clipped
+    far, stats = ppo_policy_loss(logp.detach() + 1.0, logp.detach(), adv, mask, None)
+    assert stats["clipfrac"].item() == 0.0 and far.item() == pytest.approx(-(2 + 2 - 1) * math.e / 3)
