@@ -27,7 +27,7 @@ from tests.models.families_helpers import write_data
 from tests.support.families import FAMILIES, family_model, family_tokenizer, save_family
 
 NAMES = list(FAMILIES)
-# what each real family does (the table in rlhf/models/families.py)
+# what each real family does (the table in tests/support/families.py)
 EXPECTED = {  # name: (adds BOS, has its own pad, padding side, chat template, tied embeddings)
     "llama": (True, False, "right", True, False),
     "qwen2": (False, True, "right", True, True),

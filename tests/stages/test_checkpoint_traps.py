@@ -1,7 +1,7 @@
 """What a real checkpoint or a non-default precision does that a tiny model built here never shows: each test fails
 on the code before its fix (the correctness issue's items 1-3 and 5-7).
 
-Models are the families' tiny random stand-ins (rlhf/models/families.py), some edited to carry the trap: a
+Models are the families' tiny random stand-ins (tests/support/families.py), some edited to carry the trap: a
 `generation_config.json` with sampling settings, a next token the policy is nearly sure of, a list of EOS ids."""
 
 from __future__ import annotations
