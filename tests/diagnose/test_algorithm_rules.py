@@ -120,3 +120,22 @@ def test_dpo_not_learning(tmp_path):
     # the DPO loss rules of SFT/reward apply to dpo's names too
     flat = dpo_rows(12, chosen=lambda u: 0.0, margin=lambda u: 0.0)
     assert "loss-not-falling" in _hits(write_stage(tmp_path / "flat", flat, summary={"kind": "dpo"}))
+
+
+def test_a_real_grpo_run_is_read_as_grpo_by_doctor_report_and_eval(tiny, tmp_path):
+    """A real tiny GRPO run: its summary.json says grpo, the doctor looks at it as GRPO (no value rule could apply),
+    the report titles its section GRPO, and eval takes its folder as the policy with the run's own settings."""
+    from rlhf.report.build import sections
+    from rlhf.stages import evaluate, grpo
+
+    out = grpo.run(grpo.GRPOConfig(policy=str(tiny["base"]), reward=str(tiny["rm"]), prompts=str(tiny["prompts"]),
+                                   out=str(tmp_path / "run" / "grpo"), updates=3, rollout_batch_size=8, num_samples=4,
+                                   num_minibatches=2, ppo_epochs=1, max_new_tokens=8, temperature=0.9, save_every=0,
+                                   log_samples_every=0, device="cpu", seed=0))
+    s = load_stage(out)
+    assert (s.kind, s.summary["kind"]) == ("grpo", "grpo") and not s.has_critic
+    d = diagnose(out)
+    assert [x.kind for x in d.stages] == ["grpo"] and "value-not-learning" not in d.rules_hit()
+    assert [sec.title for sec in sections(d)] == [f"GRPO ({out.name})"]
+    cfg = evaluate.resolve(evaluate.EvalConfig(policy=str(out), reward=str(tiny["rm"]), prompts=str(tiny["prompts"])))
+    assert (cfg.baseline, cfg.temperature, cfg.max_new_tokens) == (str(tiny["base"]), 0.9, 8)
