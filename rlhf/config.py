@@ -276,6 +276,7 @@ def check(condition: bool, field: str, problem: str, fix: str) -> None:
 #   LoopOptions             epochs, max_steps, batch_size, grad_accum, schedule, warmup_steps, eval_every,
 #                           log_every (+ CheckpointOptions)                           (rlhf.train.loop's stages)
 #   EarlyStoppingOptions    early_stopping, early_stopping_patience                  (held-out early stopping)
+#   PreferenceDataOptions   data, eval_data, eval_fraction, max_length, strict       (reward, DPO: rlhf.train.pairs)
 
 
 @dataclasses.dataclass
@@ -409,3 +410,24 @@ class EarlyStoppingOptions(Options):
         super().validate()
         check(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0",
               "use 0 (never stop early) or a number of evaluations like 3")
+
+
+@dataclasses.dataclass
+class PreferenceDataOptions(Options):
+    """preference data options (rlhf.train.pairs)"""
+
+    data: str = opt("", "preference JSONL: {prompt, chosen, rejected, margin?, agreement?, group_id?, split?, tie?} "
+                    "rows (rlhf label export) or HH rows {chosen, rejected} with full transcripts")
+    eval_data: str = opt("", "held-out preference JSONL; only when `data` has no split=heldout rows")
+    eval_fraction: float = opt(0.1, "without split=heldout rows or eval_data: hold out this seeded fraction of groups "
+                               "(a ranking's pairs stay together); 0 = no evaluation")
+    max_length: int = opt(0, "longest prompt+response in tokens; 0 = the model's context. Longer pairs are skipped "
+                          "and counted (never cut: a cut response would be scored on the wrong text)")
+    strict: bool = opt(False, "stop with an error if any row would be skipped, instead of counting and reporting skips")
+
+    def validate(self) -> None:
+        super().validate()
+        check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
+        check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",
+              "use e.g. 0.1, or 0 for no held-out set")
+        check(self.max_length >= 0, "max_length", "must be >= 0", "use 0 for the model's context")

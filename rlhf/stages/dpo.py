@@ -31,6 +31,7 @@ from rlhf.config import (
     LoRAOptions,
     ModelOptions,
     OptimOptions,
+    PreferenceDataOptions,
     RunOptions,
     TrainPrecisionOptions,
     check,
@@ -62,18 +63,13 @@ STAT_KEYS = ("loss", "accuracy", "margin", "chosen_logratio", "rejected_logratio
 
 
 @dataclass
-class DPOConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, LoRAOptions, TrainPrecisionOptions,
-                RunOptions):
+class DPOConfig(ModelOptions, PreferenceDataOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, LoRAOptions,
+                TrainPrecisionOptions, RunOptions):
     model: str = opt("runs/sft", "the SFT model folder (or hub id): the initial policy, and frozen, the reference")
     data: str = opt("", "preference JSONL, as for `rlhf reward`: {prompt, chosen, rejected, group_id?, split?, ...} "
                     "rows (rlhf label export), HH rows {chosen, rejected}, or TRL conversational rows; ties skipped")
-    eval_data: str = opt("", "held-out preference JSONL; only when `data` has no split=heldout rows")
-    eval_fraction: float = opt(0.1, "without split=heldout rows or eval_data: hold out this seeded fraction of groups "
-                               "(the reward stage's split, so DPO and the reward model see the same held-out pairs)")
     out: str = opt("runs/dpo", "output folder: the policy (HF format) + tokenizer, config.yaml, metrics.jsonl, "
                    "summary.json, checkpoint/")
-    max_length: int = opt(0, "longest prompt+response in tokens; 0 = the model's context. Longer pairs are skipped "
-                          "and counted (never cut)")
     beta: float = opt(0.1, "beta: strength of the implicit KL constraint to the reference; the implicit reward is "
                       "beta * log(pi/pi_ref) (Rafailov et al. 2023 use 0.1; 0.5 for their summarisation task)")
     label_smoothing: float = opt(0.0, "cDPO: the probability eps that a label is flipped; loss = (1-eps) DPO + eps "
@@ -89,18 +85,13 @@ class DPOConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, L
     eval_every: int = opt(20, "evaluate on the held-out pairs every N optimiser steps (and at the start and the end)")
     early_stopping: bool = opt(False, "keep the weights of the held-out evaluation with the lowest eval/dpo_loss and "
                                "restore them before saving; needs held-out pairs")
-    strict: bool = opt(False, "stop with an error if any row would be skipped, instead of counting and reporting skips")
     seed: int = opt(0, "seed for the LoRA init, the held-out split and the data order")
 
     def validate(self) -> None:
-        super().validate()  # the shared groups: choices, model, loop, early stopping, optimiser, LoRA (rlhf.config)
-        check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
+        super().validate()  # the shared groups: choices, model, data, loop, early stopping, optimiser, LoRA
         check(self.beta > 0, "beta", f"{self.beta} must be > 0", "use e.g. 0.1 (Rafailov et al. 2023)")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", f"{self.label_smoothing} is outside [0, 0.5)",
               "use 0 (plain DPO) or a flip probability like 0.1")
-        check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",
-              "use e.g. 0.1, or 0 for no held-out set")
-        check(self.max_length >= 0, "max_length", "must be >= 0", "use 0 for the model's context")
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed

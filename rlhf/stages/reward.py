@@ -29,6 +29,7 @@ from rlhf.config import (
     LoRAOptions,
     ModelOptions,
     OptimOptions,
+    PreferenceDataOptions,
     RunOptions,
     TrainPrecisionOptions,
     check,
@@ -59,6 +60,7 @@ from rlhf.train.pairs import (  # noqa: F401  (moved to rlhf.train.pairs; reward
     parse_row,
     read_pairs,
     report_skips,
+    right_pad,
     split_heldout,
     split_shared_prefix,
 )
@@ -69,21 +71,14 @@ STAT_KEYS = ("loss", "accuracy", "margin_mean", "tie_loss", "reward_mean")  # pr
 
 
 @dataclass
-class RewardConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, LoRAOptions, TrainPrecisionOptions,
-                   RunOptions):
+class RewardConfig(ModelOptions, PreferenceDataOptions, LoopOptions, EarlyStoppingOptions, OptimOptions, LoRAOptions,
+                   TrainPrecisionOptions, RunOptions):
     model: str = opt("runs/sft", "model to start from: the SFT model folder (default: rlhf sft's default output), "
                      "any local folder or hub id of a causal LM, or an existing reward model")
-    data: str = opt("", "preference JSONL: {prompt, chosen, rejected, margin?, agreement?, group_id?, split?, tie?} "
-                    "rows (rlhf label export) or HH rows {chosen, rejected} with full transcripts")
-    eval_data: str = opt("", "held-out preference JSONL; only when `data` has no split=heldout rows")
-    eval_fraction: float = opt(0.1, "without split=heldout rows or eval_data: hold out this seeded fraction of groups "
-                               "(a ranking's pairs stay together); 0 = no evaluation")
     bayes_accuracy: float = opt(0.0, "Bayes-optimal accuracy of the held-out labels; 0 = read 'bayes_accuracy' from "
                                 "<data>.meta.json or <data stem>.meta.json if present")
     out: str = opt("runs/reward", "output folder: HF scalar-head model + tokenizer, reward_config.json, eval.json, "
                    "metrics.jsonl, checkpoint/, members/N/ for ensembles")
-    max_length: int = opt(0, "longest prompt+response in tokens; 0 = the model's context. Longer pairs are skipped "
-                          "and counted (never cut: a cut response would be scored on the wrong text)")
     epochs: float = opt(1.0, "passes over the training pairs; 1 as in InstructGPT and Stiennon et al. 2020 (a reward "
                         "model overfits its comparisons after about one epoch)")
     batch_size: int = opt(32, "preference pairs per micro-batch per process (whole rankings are packed together, so a "
@@ -107,7 +102,6 @@ class RewardConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions
                                "comparisons); needs held-out pairs")
     norm_samples: str = opt("", "`rlhf sample` JSONL ({prompt, responses, ended?}) of SFT samples on the prompt "
                             "distribution to normalise on; empty = the training pairs' distinct responses")
-    strict: bool = opt(False, "stop with an error if any row would be skipped, instead of counting and reporting skips")
     lora_r: int = opt(0, "LoRA rank (peft); 0 = train all weights. The head is always trained in full and the "
                       "adapters are merged before saving, so plain transformers loads the result")
     seed: int = opt(0, "seed for the head init, the held-out split and the data order")
@@ -117,13 +111,9 @@ class RewardConfig(ModelOptions, LoopOptions, EarlyStoppingOptions, OptimOptions
     resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
 
     def validate(self) -> None:
-        super().validate()  # the shared groups: choices, model, loop, early stopping, optimiser, LoRA (rlhf.config)
-        check(bool(self.data), "data", "no preference data given", "pass --data preferences.jsonl")
-        check(0 <= self.eval_fraction < 1, "eval_fraction", f"{self.eval_fraction} is outside [0, 1)",
-              "use e.g. 0.1, or 0 for no held-out set")
+        super().validate()  # the shared groups: choices, model, data, loop, early stopping, optimiser, LoRA
         check(0 <= self.bayes_accuracy <= 1, "bayes_accuracy", f"{self.bayes_accuracy} is not a probability",
               "use a value in (0.5, 1], or 0 to read the export's meta file")
-        check(self.max_length >= 0, "max_length", "must be >= 0", "use 0 for the model's context")
         check(self.center_coef >= 0, "center_coef", "must be >= 0", "use 0 (off) or a small value like 0.01")
         check(self.ensemble >= 1, "ensemble", "must be >= 1", "use 1 for a single reward model")
         check(self.head_std is None or self.head_std >= 0, "head_std", "must be >= 0", "leave it empty for the default")
@@ -471,13 +461,7 @@ def score_sequences(scorer: Any, idx: list[int], table: SequenceTable, batch_siz
     out = torch.zeros(len(idx))
     for s in range(0, len(order), 2 * batch_size):
         chunk = order[s: s + 2 * batch_size]
-        seqs = [table.seqs[idx[k]] for k in chunk]
-        n = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for i, x in enumerate(seqs):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
+        ids, mask = right_pad([table.seqs[idx[k]] for k in chunk], pad_id)
         out[chunk] = scorer(ids.to(device), mask.to(device)).float().cpu()
     return out
 

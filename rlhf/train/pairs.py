@@ -245,6 +245,17 @@ def iter_batches(pairs: list[Pair], batch_size: int, seed: int, rank: int, world
         epoch += 1
 
 
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (N, longest) long: the sequences left-aligned, padded with pad_id / 0."""
+    n = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return input_ids, mask
+
+
 def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[str, torch.Tensor]:
     """One right-padded row per distinct sequence of the batch (U rows); chosen/rejected (P,) index those rows.
 
@@ -258,13 +269,7 @@ def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[
         g = groups.setdefault(p.group, len(groups))
         for seq in (p.chosen, p.rejected):
             row_group.setdefault(rows.setdefault(seq, len(rows)), g)
-    seqs = [table.seqs[i] for i in rows]
-    n = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
+    input_ids, mask = right_pad([table.seqs[i] for i in rows], pad_id)
     return {"input_ids": input_ids, "attention_mask": mask,
             "chosen": torch.tensor([rows[p.chosen] for p in pairs]),
             "rejected": torch.tensor([rows[p.rejected] for p in pairs]),
