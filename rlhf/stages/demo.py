@@ -233,9 +233,10 @@ def run_seeds(cfg: DemoConfig) -> Path:
 
 def seed_result(folder: Path) -> dict[str, Any]:
     """One seed's demo summary.json plus the doctor's findings on its run folder."""
+    from rlhf.artifacts import load_stage
     from rlhf.diagnose.doctor import diagnose
 
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = dict(load_stage(folder).summary or {})
     d = diagnose(folder)
     summary["doctor"] = {"findings": len(d.findings), "counts": d.counts(),
                          "rules": [f"{f.stage}: {f.rule} ({f.severity})" for f in d.findings]}
@@ -315,16 +316,14 @@ def _report(out: Path) -> None:
     build_report(out, None)
 
 
-def _metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
 def _summary(out: Path, times: dict[str, float]) -> dict[str, Any]:
+    from rlhf.artifacts import load_stage
+
     def ppl(stage: str) -> dict[str, float | None]:
-        evals = [r["eval/perplexity"] for r in _metrics(out / stage / "metrics.jsonl") if "eval/perplexity" in r]
+        evals = load_stage(out / stage).series("eval/perplexity").values
         return {"untrained": evals[0] if evals else None, "trained": evals[-1] if evals else None}
 
-    ev = json.loads((out / "eval" / "eval.json").read_text()) if (out / "eval" / "eval.json").exists() else {}
+    ev = load_stage(out / "eval").eval or {}
     return {"perplexity": {"base": ppl("base"), "sft": ppl("sft")}, "eval": ev, "time_s": times,
             "report": str(out / "report.html")}
 
