@@ -75,7 +75,8 @@ def run(cfg: ValuePretrainConfig) -> Path:
     from rlhf.models.prompts import encode_prompts
     from rlhf.models.reward import load_reward_model
     from rlhf.models.scalar import PerTokenScalar
-    from rlhf.stages.ppo import prompt_indices, response_values
+    from rlhf.rl.rollout import prompt_indices
+    from rlhf.stages.ppo import response_values
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,9 +169,9 @@ def run(cfg: ValuePretrainConfig) -> Path:
 
 
 def _collate(items: list, pad_id: int, device: torch.device) -> tuple:
-    from rlhf.stages.ppo import _concat
+    from rlhf.rl.rollout import concat_batches
 
-    batch = _concat([b for b, _ in items], pad_id)
+    batch = concat_batches([b for b, _ in items], pad_id)
     width = batch.response_ids.shape[1]
     ret = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for _, r in items]).to(device)
     batch = type(batch)(*(x.to(device) if isinstance(x, torch.Tensor) else x for x in (
