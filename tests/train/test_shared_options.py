@@ -61,3 +61,15 @@ def test_each_group_validates_its_own_fields_through_the_super_chain(cls, values
 def test_a_config_made_in_python_is_checked_by_the_root_for_its_choices():
     with pytest.raises(ConfigError, match="config field 'schedule': unknown value 'cosin' .*did you mean cosine"):
         SFTConfig(data="x", schedule="cosin").validate()
+
+
+def test_dpo_help_lists_its_choices_and_the_shared_groups(capsys):
+    from rlhf.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["dpo", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--reference {precompute,online}" in out and "--schedule {cosine,linear,constant}" in out
+    assert out.index("DPOConfig options") < out.index("model options") < out.index("preference data options") \
+        < out.index("run options")
