@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from rlhf.artifacts import write_summary
 from rlhf.config import (
     EarlyStoppingOptions,
     LoopOptions,
@@ -40,7 +41,7 @@ from rlhf.config import (
 )
 from rlhf.core import dpo_loss, logprobs_from_logits
 from rlhf.errors import UserError
-from rlhf.stages.common import stage_outputs, write_summary
+from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
@@ -188,7 +189,7 @@ def run(cfg: DPOConfig) -> Path:
 
     # 4. save the policy as an HF folder (adapters merged) and the summary that marks the stage done
     acc.wait_for_everyone()
-    summary: dict[str, Any] = {"kind": "dpo", "algorithm": "dpo", "steps": result.step, "train_pairs": len(train),
+    summary: dict[str, Any] = {"steps": result.step, "train_pairs": len(train),
                                "eval_pairs": len(evals), "eval_source": eval_source,
                                "distinct_responses": len(table.seqs), "reference": cfg.reference, "beta": cfg.beta,
                                "skipped": {"data": dict(skips), "eval_data": dict(eval_skips)}}
@@ -200,7 +201,7 @@ def run(cfg: DPOConfig) -> Path:
     summary["train_s"] = time.perf_counter() - t_start
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
-        write_summary(out, summary)
+        write_summary(out, summary, kind="dpo", algorithm="dpo")
     say(f"[dpo] done: {result.step} steps, {_eval_line(summary) if evals else 'no held-out set'} -> {out}")
     return out
 

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from rlhf.artifacts import write_summary
 from rlhf.config import (
     EarlyStoppingOptions,
     LoopOptions,
@@ -43,7 +44,7 @@ from rlhf.models.data_source import iter_rows
 from rlhf.models.data_source import where as row_where
 from rlhf.models.reward import FORMAT, REWARD_CONFIG, LastTokenScorer, encode_prompt, encode_response  # noqa: F401
 from rlhf.models.scalar import shared_prefix_layout
-from rlhf.stages.common import stage_outputs, write_summary
+from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
@@ -177,7 +178,7 @@ def run(cfg: RewardConfig) -> Path:
         kept = [_read_json(member_dir(out, m) / "member.json").get("early_stopping") for m in range(cfg.ensemble)]
         if cfg.early_stopping and kept[0] is not None:
             summary["early_stopping"] = {**kept[0], **({"members": kept} if cfg.ensemble > 1 else {})}
-        write_summary(out, summary)
+        write_summary(out, summary, kind="reward")
         say(f"[reward] done: {_eval_line(summary)} -> {out}")
     acc.wait_for_everyone()
     return out

@@ -21,7 +21,9 @@ from rlhf.config import ModelOptions, PrecisionOptions, RunOptions, check, opt, 
 from rlhf.io import atomic_write_text
 from rlhf.models.data_source import read_rows
 from rlhf.models.prompts import encode_prompts  # noqa: F401  (was defined here; sample.encode_prompts still works)
-from rlhf.stages.common import progress, say, set_seed, stage_outputs
+from rlhf.stages.common import stage_outputs
+from rlhf.train.progress import progress, say
+from rlhf.train.seeds import set_seed
 
 
 @dataclass

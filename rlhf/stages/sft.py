@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from rlhf.artifacts import write_summary
 from rlhf.config import (
     LoopOptions,
     LoRAOptions,
@@ -28,7 +29,7 @@ from rlhf.config import (
 )
 from rlhf.errors import UserError
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import stage_outputs, write_summary
+from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.lm_data import (  # noqa: F401  (moved to rlhf.train.lm_data; sft.NAME still works)
     IGNORE,
@@ -124,7 +125,7 @@ def run(cfg: SFTConfig) -> Path:
     save_model(acc, model, peft_model, out, cfg.dtype)
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
-        write_summary(out, summary)
+        write_summary(out, summary, kind="sft")
     if "eval/perplexity" in summary:
         say(f"[sft] done: {step} steps, eval perplexity {summary['eval/perplexity']:.2f} -> {out}")
     return out

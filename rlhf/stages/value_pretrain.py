@@ -23,11 +23,15 @@ from pathlib import Path
 
 import torch
 
+from rlhf.artifacts import write_summary
 from rlhf.config import OptimOptions, RunOptions, check, opt, save_config
 from rlhf.core import gae, shape_rewards
 from rlhf.io import MetricsLogger, atomic_write_text
 from rlhf.models.data_source import read_rows
-from rlhf.stages.common import make_optimizer, say, set_seed, stage_outputs, write_summary
+from rlhf.stages.common import stage_outputs
+from rlhf.train.optim import make_optimizer
+from rlhf.train.progress import say
+from rlhf.train.seeds import set_seed
 
 VALUE_CONFIG = "value_config.json"  # marks a value model folder (PPO keeps its head: value_head_init auto)
 
@@ -162,7 +166,7 @@ def run(cfg: ValuePretrainConfig) -> Path:
         "returns": "Monte-Carlo (GAE lambda 1) of PPO's shaped rewards", "kl_coef": cfg.kl_coef, "gamma": cfg.gamma,
         "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "heldout": ev}, indent=2) + "\n")
     write_summary(out, {"rollouts": len(rollouts), "train": len(train), "heldout": len(held), "steps": step,
-                        "before": best, "after": ev, "time_s": time.perf_counter() - t0})
+                        "before": best, "after": ev, "time_s": time.perf_counter() - t0}, kind="value-pretrain")
     say(f"[value-pretrain] done -> {out} (held-out explained variance {best['eval/value_explained_variance']:.3f} "
         f"-> {ev['eval/value_explained_variance']:.3f}); use it with rlhf ppo --value {out}")
     return out
