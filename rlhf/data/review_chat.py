@@ -9,6 +9,9 @@ assistant turn's text, as in the plain task (rlhf.data.gold: call it on the resp
   sft_train.jsonl / sft_val.jsonl             {"prompt": [system, user], "completion": [assistant]}
   prompts_train.jsonl / prompts_heldout.jsonl {"prompt_id": ..., "prompt": [system, user]}
 Row order and the train / held-out split are those of the plain files; `max_sft` keeps the first N SFT rows.
+The system turn asks for one or two sentences, so each SFT completion keeps the first `max_sentences` (2) sentences
+of the plain continuation (median 14 SmolLM2 tokens, 97% within 24; the plain files' 2-4 sentences have a median of
+22 and would teach the policy to run past a short `max_new_tokens` without EOS).
 
 `render_samples_for_labeling(samples, out, tokenizer)`: the label store holds text prompts, so each chat prompt of a
 samples file is stored as its rendered template (with the generation prompt). That string encodes to exactly the
@@ -19,6 +22,7 @@ response's encoding too: the reward model is trained on the token layout that PP
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +30,28 @@ from rlhf.errors import UserError
 from rlhf.io import read_jsonl, write_jsonl
 
 SYSTEM = "Continue the product review the user starts. Write one or two sentences."
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def chat_prompt(opening: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": opening}]
 
 
-def write_chat_data(plain_dir: Path, out_dir: Path, max_sft: int = 0) -> dict[str, Path]:
+def first_sentences(text: str, n: int) -> str:
+    """The first n sentences of text (ended by . ! or ? and whitespace); all of it for n <= 0."""
+    text = text.strip()
+    return " ".join(_SENTENCE_END.split(text)[:n]) if n > 0 else text
+
+
+def write_chat_data(plain_dir: Path, out_dir: Path, max_sft: int = 0, max_sentences: int = 2) -> dict[str, Path]:
     plain_dir, out_dir = Path(plain_dir), Path(out_dir)
     paths = {}
     for name in ("sft_train", "sft_val"):
         rows = read_jsonl(plain_dir / f"{name}.jsonl", required=("prompt", "response"))
         rows = rows[:max_sft] if max_sft else rows
         paths[name] = write_jsonl(out_dir / f"{name}.jsonl", [
-            {"prompt": chat_prompt(r["prompt"]), "completion": [{"role": "assistant", "content": r["response"].strip()}]}
+            {"prompt": chat_prompt(r["prompt"]),
+             "completion": [{"role": "assistant", "content": first_sentences(r["response"], max_sentences)}]}
             for r in rows])
     for name in ("prompts_train", "prompts_heldout"):
         rows = read_jsonl(plain_dir / f"{name}.jsonl", required=("prompt_id", "prompt"))

@@ -37,11 +37,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (the reference is the policy with its adapters off); the value head shares the policy's trunk, since a
     # second 135M model would double PPO's training time on a CPU.
     "smollm2": dict(n_reviews=2000, model="smollm2-135m-instruct", sft_steps=40, batch_size=8, lr=3e-4,
-                    sft_lora_r=16, max_length=96, sample_prompts=64, sample_batch=32, k=4, max_new_tokens=16,
-                    labelers=4, beta="2.5", rm_epochs=3, rm_batch=8, rm_lr=5e-4, rm_lora_r=16, rm_eval_every=50,
-                    ppo_updates=12, ppo_batch=16, ppo_lr=5e-4, kl_coef=0.05, ppo_epochs=2, ppo_minibatches=4,
-                    ppo_lora_r=16, shared_value_head=True, ppo_save_every=6, ppo_log_every=4, eval_prompts=64,
-                    eval_batch=32, sft_eval_batches=4, sft_save_every=0),
+                    sft_lora_r=16, max_length=80, sample_prompts=128, sample_batch=32, k=4, max_new_tokens=24,
+                    labelers=4, beta="2.5", rm_epochs=2, rm_batch=8, rm_lr=5e-4, rm_lora_r=16, rm_eval_every=40,
+                    ppo_updates=12, ppo_batch=16, ppo_lr=5e-4, kl_coef=0.05, missing_eos_penalty=-1.0, ppo_epochs=2,
+                    ppo_minibatches=4, ppo_lora_r=16, shared_value_head=True, ppo_save_every=6, ppo_log_every=4,
+                    eval_prompts=128, eval_batch=32, sft_eval_batches=4, sft_save_every=0),
     # every stage on the real checkpoint with the fewest steps that still exercise it (make test runs it)
     "smollm2-smoke": dict(n_reviews=200, model="smollm2-135m-instruct", sft_steps=2, batch_size=4, lr=2e-4,
                           sft_lora_r=8, max_length=96, sample_prompts=6, sample_batch=18, k=3, max_new_tokens=8,
@@ -161,6 +161,7 @@ def run(cfg: DemoConfig) -> Path:
         out=str(out / "ppo"), gold="demo", updates=p["ppo_updates"], rollout_batch_size=p["ppo_batch"],
         num_minibatches=p.get("ppo_minibatches", 4), ppo_epochs=p.get("ppo_epochs", 4),
         max_new_tokens=p["max_new_tokens"], lr=p["ppo_lr"], kl_coef=p["kl_coef"], lora_r=p.get("ppo_lora_r", 0),
+        missing_eos_penalty=p.get("missing_eos_penalty"),
         shared_value_head=p.get("shared_value_head", False), save_every=p.get("ppo_save_every", 10),
         log_samples_every=p.get("ppo_log_every", 10), seed=cfg.seed, device=cfg.device, resume=True)))
 

@@ -158,7 +158,7 @@ def test_real_model_config_files_load_into_every_stage(name):
 def test_cpu_config_file_is_the_smollm2_preset():
     """The stage-by-stage file says what `rlhf demo --preset smollm2` runs: the same sizes."""
     from rlhf.config import load_config
-    from rlhf.stages import ppo, reward, sample, sft
+    from rlhf.stages import evaluate, ppo, reward, sample, sft
     from rlhf.stages.demo import PRESETS
 
     p, path = PRESETS["smollm2"], CONFIGS / "smollm2-135m-cpu.yaml"
@@ -171,5 +171,8 @@ def test_cpu_config_file_is_the_smollm2_preset():
     assert (r.epochs, r.batch_size, r.lr, r.lora_r) == (p["rm_epochs"], p["rm_batch"], p["rm_lr"], p["rm_lora_r"])
     q = load_config(ppo.PPOConfig, path, {}, section="ppo")
     assert (q.updates, q.rollout_batch_size, q.lr, q.kl_coef, q.ppo_epochs, q.num_minibatches, q.lora_r,
-            q.shared_value_head) == (p["ppo_updates"], p["ppo_batch"], p["ppo_lr"], p["kl_coef"], p["ppo_epochs"],
-                                     p["ppo_minibatches"], p["ppo_lora_r"], p["shared_value_head"])
+            q.shared_value_head, q.missing_eos_penalty, q.max_new_tokens) == (
+        p["ppo_updates"], p["ppo_batch"], p["ppo_lr"], p["kl_coef"], p["ppo_epochs"], p["ppo_minibatches"],
+        p["ppo_lora_r"], p["shared_value_head"], p.get("missing_eos_penalty"), p["max_new_tokens"])
+    e = load_config(evaluate.EvalConfig, path, {}, section="eval")
+    assert (e.n_prompts, e.batch_size) == (p["eval_prompts"], p["eval_batch"])
