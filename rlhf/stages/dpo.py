@@ -60,7 +60,7 @@ from rlhf.train.pairs import (
 from rlhf.train.progress import say
 from rlhf.train.seeds import set_seed
 
-STAT_KEYS = ("loss", "accuracy", "margin", "chosen_logratio", "rejected_logratio")  # dpo_loss stats, logged as dpo/*
+STAT_KEYS = ("loss", "accuracy", "margin", "chosen_logratio", "rejected_logratio", "chosen_nll")  # logged as dpo/*
 
 
 @dataclass
@@ -75,6 +75,9 @@ class DPOConfig(ModelOptions, PreferenceDataOptions, LoopOptions, EarlyStoppingO
                       "beta * log(pi/pi_ref) (Rafailov et al. 2023 use 0.1; 0.5 for their summarisation task)")
     label_smoothing: float = opt(0.0, "cDPO: the probability eps that a label is flipped; loss = (1-eps) DPO + eps "
                                  "DPO of the flipped pair (Mitchell 2023); 0 = plain DPO")
+    rpo_alpha: float = opt(0.0, "weight of an NLL (SFT) loss on the chosen responses added to the DPO loss, a "
+                           "token mean (RPO, Pang et al. 2024; TRL's rpo_alpha, 1.0 in the paper): keeps the chosen "
+                           "responses likely (against likelihood displacement); 0 = off")
     reference: Literal["precompute", "online"] = opt(
         "precompute", "reference log-probs: precompute (once, from the initial policy before training, in the batches "
         "of the first epoch: no reference model in memory and no reference forward per step) or online (a reference "
@@ -93,6 +96,7 @@ class DPOConfig(ModelOptions, PreferenceDataOptions, LoopOptions, EarlyStoppingO
         check(self.beta > 0, "beta", f"{self.beta} must be > 0", "use e.g. 0.1 (Rafailov et al. 2023)")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing", f"{self.label_smoothing} is outside [0, 0.5)",
               "use 0 (plain DPO) or a flip probability like 0.1")
+        check(self.rpo_alpha >= 0, "rpo_alpha", "must be >= 0", "use 0 (off) or e.g. 1.0 (Pang et al. 2024)")
 
 
 @stage_outputs(out="dir")  # checked before any work; a folder left holding only config.yaml is removed
@@ -156,7 +160,11 @@ def run(cfg: DPOConfig) -> Path:
         logp, ref = sequence_logps(policy, batch, acc), reference_logps(policy, batch)  # (U,) each
         c, r = batch["chosen"], batch["rejected"]
         loss, stats = dpo_loss(logp[c], logp[r], ref[c], ref[r], cfg.beta, cfg.label_smoothing)
-        return loss, {"loss": loss.detach(), **stats}, int(batch["attention_mask"].sum())
+        # RPO (Pang et al. 2024): + alpha * NLL of the chosen responses, a token mean over the batch (TRL's rpo_alpha)
+        nll = -logp[c].sum() / response_mask(batch)[c].sum().clamp(min=1)
+        if cfg.rpo_alpha:
+            loss = loss + cfg.rpo_alpha * nll
+        return loss, {"loss": loss.detach(), **stats, "chosen_nll": nll.detach()}, int(batch["attention_mask"].sum())
 
     @torch.no_grad()
     def evaluate(policy: Any) -> dict[str, float]:
@@ -239,9 +247,14 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], acc: Any) -> torc
     with acc.autocast():
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
     logp = logprobs_from_logits(logits.float(), ids[:, 1:])  # (U, T-1)
+    return (logp * response_mask(batch)).sum(-1)
+
+
+def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(U, T-1) bool: True where position t's logits predict a response token (t+1 >= prompt_len, t+1 real)."""
+    ids = batch["input_ids"]
     pos = torch.arange(1, ids.shape[1], device=ids.device)
-    response = (pos[None, :] >= batch["prompt_len"][:, None]) & mask[:, 1:].bool()
-    return (logp * response).sum(-1)
+    return (pos[None, :] >= batch["prompt_len"][:, None]) & batch["attention_mask"][:, 1:].bool()
 
 
 @torch.no_grad()
