@@ -45,11 +45,12 @@ from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
-from rlhf.train.lora import add_lora, save_model
+from rlhf.train.lora import check_vocab, make_trainable, save_model
 from rlhf.train.pairs import (
     Pair,
     SequenceTable,
     collate_pairs,
+    context_length,
     epoch_seed,
     group_batches,
     iter_batches,
@@ -121,7 +122,7 @@ def run(cfg: DPOConfig) -> Path:
     tokenizer = load_tokenizer(out if resumed_tok else (cfg.tokenizer or cfg.model))
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
-    table = SequenceTable(tokenizer, _context_length(cfg))
+    table = SequenceTable(tokenizer, context_length(cfg))
     pairs, skips = read_pairs(cfg.data, table, "skip")  # Bradley-Terry has no tie outcome: ties are skipped
     train, evals, eval_source, eval_skips = split_heldout(cfg, pairs, table)
     report_skips(cfg, "dpo", {"data": skips, "eval_data": eval_skips})
@@ -224,20 +225,11 @@ def build_policy(cfg: DPOConfig, tokenizer: Any, quant: Any) -> tuple[Any, Any]:
     cfg.dtype or 4/8-bit)."""
     from rlhf.models.dropout import disable_dropout
     from rlhf.models.loading import load_causal_lm
-    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized
 
     model = load_causal_lm(cfg.model, cfg.dtype if cfg.lora_r else "fp32", quantization=quant)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                        f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
-    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
+    check_vocab(tokenizer, model)
     disable_dropout(model)  # TRL's DPO does the same: dropout would make policy != reference at step 1
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if not cfg.lora_r:
-        return model, None
-    peft_model = add_lora(model, cfg, cfg.seed, task_type="CAUSAL_LM")
-    return peft_model.get_base_model(), peft_model
+    return make_trainable(model, cfg, cfg.seed, task_type="CAUSAL_LM")
 
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor], acc: Any) -> torch.Tensor:
@@ -293,20 +285,6 @@ def shared_forward(batches: list[list[Pair]], table: SequenceTable, pad_id: int,
     if world > 1:
         results = sorted(gather_object(results), key=lambda x: x[0])
     return [row for _, out in results for row in out]
-
-
-def _context_length(cfg: DPOConfig) -> int:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(cfg.model)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not read the model config of '{cfg.model}': {str(e).splitlines()[0]} (train the SFT "
-                        "model first with `rlhf sft`, or pass --model FOLDER_OR_HUB_ID)") from None
-    context = getattr(config.get_text_config(), "max_position_embeddings", None)
-    if cfg.max_length and context and cfg.max_length > context:
-        raise UserError(f"--max_length {cfg.max_length} is longer than the model's context ({context}); lower it")
-    return cfg.max_length or context or 2048
 
 
 def _eval_line(ev: dict[str, Any]) -> str:

@@ -48,13 +48,14 @@ from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
 from rlhf.train.early_stopping import BestHeldout
 from rlhf.train.loop import train_loop
-from rlhf.train.lora import add_lora
+from rlhf.train.lora import check_vocab, make_trainable
 from rlhf.train.pairs import (  # noqa: F401  (moved to rlhf.train.pairs; reward.NAME still works)
     ASSISTANT,
     Pair,
     SequenceTable,
     Skip,
     collate_pairs,
+    context_length,
     epoch_seed,
     group_batches,
     iter_batches,
@@ -140,7 +141,7 @@ def run(cfg: RewardConfig) -> Path:
     tokenizer = load_tokenizer(out if resumed_tok else (cfg.tokenizer or cfg.model))
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
-    max_length = _context_length(cfg)
+    max_length = context_length(cfg)
     table = SequenceTable(tokenizer, max_length)
 
     # 2. preference pairs and the held-out set; skipped rows are counted and reported, never dropped silently
@@ -480,14 +481,12 @@ def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]
     the returned HF model has the adapters injected (train through it) and the peft model merges them."""
     from rlhf.models.dropout import disable_dropout
     from rlhf.models.loading import default_head_std, load_scalar_model, scalar_head
-    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized, quantization_config
+    from rlhf.models.precision import quantization_config
 
     # trained weights are fp32 master weights (autocast does the low precision); a frozen LoRA base is in cfg.dtype
     model = load_scalar_model(cfg.model, dtype=cfg.dtype if cfg.lora_r else "fp32", pad_token_id=tokenizer.pad_token_id,
                               quantization=quantization_config(cfg.load_in, cfg.dtype, cfg.lora_r))
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                        f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
+    check_vocab(tokenizer, model)
     has_head = any(a.endswith("ForSequenceClassification") for a in (model.config.architectures or []))
     head = scalar_head(model)
     if cfg.head_std is not None or not has_head:
@@ -497,34 +496,16 @@ def build_model(cfg: RewardConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]
             head.weight.normal_(0.0, std)  # Stiennon et al. 2020: small init, so early rewards are near 0
             if head.bias is not None:
                 head.bias.zero_()
-    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
     # the backbone's dropout off (every family, float rate attributes too): training forwards are deterministic and
     # the shared-prefix scorer equals the plain forward; --lora_dropout, added below, stays the user's choice
     disable_dropout(model)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if not cfg.lora_r:
-        return model, None
     head_name = next(n for n, m in model.named_modules() if m is head)
-    peft_model = add_lora(model, cfg, seed, exclude_modules=[head_name])
-    # the head is new: train it in full (what peft's modules_to_save does), and it is saved as a plain Linear;
-    # in fp32 like every trained weight
-    head.float().requires_grad_(True)
-    return peft_model.get_base_model(), peft_model
-
-
-def _context_length(cfg: RewardConfig) -> int:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(cfg.model)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not read the model config of '{cfg.model}': {str(e).splitlines()[0]} (train the SFT "
-                        "model first with `rlhf sft`, or pass --model FOLDER_OR_HUB_ID)") from None
-    context = getattr(config.get_text_config(), "max_position_embeddings", None)
-    if cfg.max_length and context and cfg.max_length > context:
-        raise UserError(f"--max_length {cfg.max_length} is longer than the model's context ({context}); lower it")
-    return cfg.max_length or context or 2048
+    model, peft_model = make_trainable(model, cfg, seed, exclude_modules=[head_name])
+    if peft_model is not None:
+        # the head is new: train it in full (what peft's modules_to_save does), and it is saved as a plain Linear;
+        # in fp32 like every trained weight
+        head.float().requires_grad_(True)
+    return model, peft_model
 
 
 def _bayes_accuracy(cfg: RewardConfig) -> float | None:

@@ -27,7 +27,6 @@ from rlhf.config import (
     opt,
     save_config,
 )
-from rlhf.errors import UserError
 from rlhf.models.data_source import read_rows
 from rlhf.stages.common import stage_outputs
 from rlhf.train.accelerator import make_accelerator
@@ -40,7 +39,7 @@ from rlhf.train.lm_data import (  # noqa: F401  (moved to rlhf.train.lm_data; sf
     tokenize_examples,
 )
 from rlhf.train.loop import train_loop
-from rlhf.train.lora import add_lora, save_model
+from rlhf.train.lora import check_vocab, make_trainable, save_model
 from rlhf.train.optim import lr_factor  # noqa: F401  (moved to rlhf.train.optim; re-exported for old imports)
 from rlhf.train.progress import say
 from rlhf.train.seeds import set_seed
@@ -159,8 +158,6 @@ def _quantization(cfg: SFTConfig) -> Any:
 def _model(cfg: SFTConfig, tokenizer: Any, quant: Any = None) -> tuple[Any, Any]:
     """(model to train, peft model or None). Trained weights are fp32 (master weights; autocast does the low
     precision); a LoRA base is frozen, so it is stored in cfg.dtype (or 4/8-bit)."""
-    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized
-
     if cfg.model.startswith("tiny:"):
         from rlhf.models.registry import build_tiny_causal_lm
 
@@ -169,16 +166,8 @@ def _model(cfg: SFTConfig, tokenizer: Any, quant: Any = None) -> tuple[Any, Any]
         from rlhf.models.loading import load_causal_lm
 
         model = load_causal_lm(cfg.model, cfg.dtype if cfg.lora_r else "fp32", quantization=quant)
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-                            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer")
-    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    if not cfg.lora_r:
-        return model, None
-    peft_model = add_lora(model, cfg, cfg.seed, task_type="CAUSAL_LM")
-    return peft_model.get_base_model(), peft_model
+        check_vocab(tokenizer, model)
+    return make_trainable(model, cfg, cfg.seed, task_type="CAUSAL_LM")
 
 
 @torch.no_grad()

@@ -1,10 +1,13 @@
-"""LoRA adapters (peft) on a model being trained, from a LoRAOptions config."""
+"""A model made ready for training (4/8-bit base, gradient checkpointing, LoRA adapters through peft) from the
+shared options, and its save as a plain Hugging Face folder."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from rlhf.errors import UserError
 
 
 def add_lora(model: Any, cfg: Any, seed: int, **lora_kw: Any) -> Any:
@@ -37,3 +40,25 @@ def save_model(acc: Any, model: Any, peft_model: Any, out: Any, dtype: str) -> N
     state = acc.get_state_dict(model)  # a collective under FSDP/DeepSpeed: gathers the shards
     if acc.is_main_process:
         acc.unwrap_model(model).save_pretrained(out, safe_serialization=True, state_dict=cast_state_dict(state, dtype))
+
+
+def check_vocab(tokenizer: Any, model: Any) -> None:
+    """A tokenizer with more tokens than the model's embedding would index past it: a one-line error instead."""
+    n = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {n}; use the model's own "
+                        "tokenizer")
+
+
+def make_trainable(model: Any, cfg: Any, seed: int, **lora_kw: Any) -> tuple[Any, Any]:
+    """(model to train, peft model or None) from TrainPrecisionOptions + LoRAOptions: a 4/8-bit base prepared for
+    training (cfg.load_in), gradient checkpointing, then LoRA adapters of rank cfg.lora_r (add_lora) if set."""
+    from rlhf.models.precision import enable_gradient_checkpointing, prepare_quantized
+
+    model = prepare_quantized(model, cfg.load_in, cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if not cfg.lora_r:
+        return model, None
+    peft_model = add_lora(model, cfg, seed, **lora_kw)
+    return peft_model.get_base_model(), peft_model

@@ -303,3 +303,19 @@ def _number(row: dict[str, Any], key: str, where: str) -> float | None:
     return float(value)
 
 
+
+
+def context_length(cfg: Any) -> int:
+    """The longest prompt+response to train on: cfg.max_length, else the context of the model cfg.model (read from
+    its config, nothing loaded), else 2048; a max_length beyond the context is a one-line error."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not read the model config of '{cfg.model}': {str(e).splitlines()[0]} (train the SFT "
+                        "model first with `rlhf sft`, or pass --model FOLDER_OR_HUB_ID)") from None
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if cfg.max_length and context and cfg.max_length > context:
+        raise UserError(f"--max_length {cfg.max_length} is longer than the model's context ({context}); lower it")
+    return cfg.max_length or context or 2048
