@@ -163,9 +163,10 @@ def run(cfg: DPOConfig) -> Path:
         loss, stats = dpo_loss(logp[c], logp[r], ref[c], ref[r], cfg.beta, cfg.label_smoothing)
         # RPO (Pang et al. 2024): + alpha * NLL of the chosen responses, a token mean over the batch (TRL's rpo_alpha)
         nll = -logp[c].sum() / response_mask(batch)[c].sum().clamp(min=1)
+        stats = {"loss": loss.detach(), **stats, "chosen_nll": nll.detach()}  # dpo/loss: the DPO term alone
         if cfg.rpo_alpha:
             loss = loss + cfg.rpo_alpha * nll
-        return loss, {"loss": loss.detach(), **stats, "chosen_nll": nll.detach()}, int(batch["attention_mask"].sum())
+        return loss, stats, int(batch["attention_mask"].sum())
 
     @torch.no_grad()
     def evaluate(policy: Any) -> dict[str, float]:
