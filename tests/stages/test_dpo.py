@@ -158,3 +158,34 @@ def test_rpo_adds_the_chosen_nll_gradient_and_keeps_the_chosen_responses_likelie
     assert first["dpo/chosen_nll"] == pytest.approx(plain[0]["dpo/chosen_nll"], rel=1e-6)  # same policy at step 1
     assert rows[-1]["dpo/chosen_nll"] < plain[-1]["dpo/chosen_nll"] - 0.1
     assert rows[-1]["dpo/chosen_logratio"] > plain[-1]["dpo/chosen_logratio"]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_same_global_batch(base, prefs, tmp_path):
+    """2 CPU processes (gloo, each every other batch) train as 1 process accumulating 2 micro-batches: same log rows,
+    same held-out numbers (the sharded reference precompute and evaluation gathered), same weights to rounding."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom rlhf.stages import dpo\n"
+        "dpo.run(dpo.DPOConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], batch_size=16, lr=1e-3, "
+        "warmup_steps=2, eval_every=3, log_every=1, save_every=0, max_length=96, device='cpu', max_steps=6, "
+        "grad_accum=int(sys.argv[4])))\n")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), str(base), str(prefs), str(tmp_path / "two"),
+                        "1"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = dpo.run(_cfg(base, prefs, tmp_path / "one", max_steps=6, eval_every=3, grad_accum=2))
+    a, b = _metrics(tmp_path / "two"), _metrics(one)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in ("epoch", "dpo/loss", "dpo/grad_norm", "eval/dpo_loss", "eval/dpo_accuracy"):
+            if k in rb:
+                assert ra[k] == pytest.approx(rb[k], abs=1e-5), (rb["step"], k)
+    wa, wb = load_file(tmp_path / "two" / "model.safetensors"), load_file(one / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wb)
