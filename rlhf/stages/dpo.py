@@ -253,8 +253,9 @@ def response_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def table_logps(model: Any, batches: list[list[Pair]], table: SequenceTable, pad_id: int, acc: Any) -> torch.Tensor:
     """(len(table.seqs),) float32 log-probs of every sequence in `batches` under `model` (before training: the
-    reference), each computed in the batch it is trained or evaluated in, so that the first step's log-ratio is
-    exactly 0. Rows in no batch stay NaN."""
+    reference), each computed in the batch it is trained or evaluated in: the first step then sees the very numbers
+    its own forward gives (log-ratio exactly 0) even where a kernel's rounding depends on the batch shape (on CPU in
+    fp32 the values do not depend on the batching; GPU kernels may). Rows in no batch stay NaN."""
     model = model.to(acc.device)
     was_training = model.training
     model.eval()
