@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=0, help="on-policy updates (0 = the demo's PPO's)")
     ap.add_argument("--eval_prompts", type=int, default=0, help="held-out prompts (0 = the demo eval's)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--jobs", type=int, default=1, help="algorithms trained at once (default 1: one after another)")
     args = ap.parse_args()
 
     run, out = Path(args.run), Path(args.out)
@@ -255,12 +256,20 @@ def main() -> None:
     demo_eval = yaml.safe_load((run / "eval" / "config.yaml").read_text())
     eval_cfg = {k: demo_eval[k] for k in EVAL_KEYS if k in demo_eval}
 
-    rows = [train_and_eval(name, algo, extra, run, out, ppo_cfg, eval_cfg, args) for name, algo, extra in specs]
+    if args.jobs > 1:  # N algorithms at once, each in its own child processes (wall times then share the CPU)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(train_and_eval, name, algo, extra, run, out, ppo_cfg, eval_cfg, args)
+                       for name, algo, extra in specs]
+            rows = [f.result() for f in futures]
+    else:
+        rows = [train_and_eval(name, algo, extra, run, out, ppo_cfg, eval_cfg, args) for name, algo, extra in specs]
     # every eval compares with the same SFT responses (same prompts, seed and settings): one baseline
     baseline = {"reward": rows[0]["reward_baseline"], "gold": rows[0]["gold_baseline"]}
     (out / "algorithms.md").write_text(table(rows, baseline))
     plot(rows, baseline, out / "algorithms_frontier.png")
-    result = {"run": str(run), "out": str(out), "baseline": baseline, "eval": eval_cfg,
+    result = {"run": str(run), "out": str(out), "jobs": args.jobs, "baseline": baseline, "eval": eval_cfg,
               "shared": {k: ppo_cfg[k] for k in ("updates", "rollout_batch_size", "max_new_tokens", "temperature", "lr",
                                                  "kl_coef", "ppo_epochs", "num_minibatches", "seed") if k in ppo_cfg},
               "algorithms": rows}
