@@ -33,8 +33,8 @@ re-export shim while training infrastructure moves to rlhf.train) or lower, and 
 `rlhf.stages.registry`. The one exception is `rlhf.stages.demo`, the pipeline driver, which runs other stages'
 `run()` (it is the same code as the `rlhf` commands, called in order).
 
-PENDING lists the back-edges that exist in files other helpers are refactoring in this issue; the test fails for
-any back-edge not listed, and also for a listed one that is gone (delete its line then, so the list stays exact).
+PENDING lists known back-edges awaiting a move (none today); the test fails for any back-edge not listed, and also
+for a listed one that is gone (delete its line then, so the list stays exact).
 """
 
 from __future__ import annotations
@@ -55,11 +55,7 @@ STAGE_SHARED = {"rlhf.stages", "rlhf.stages.common", "rlhf.stages.registry"}  # 
 PIPELINE_DRIVERS = {"rlhf.stages.demo"}  # may import the stage modules whose run() it calls
 
 # (importer, imported) back-edges in files owned by the helpers refactoring them (issue 16); delete as they go
-PENDING: set[tuple[str, str]] = {
-    ("rlhf.stages.ppo", "rlhf.stages.sft"),  # LoRA / data helpers -> rlhf.models / rlhf.train
-    ("rlhf.stages.ppo", "rlhf.stages.value_pretrain"),  # value warm-up -> rlhf.rl
-    ("rlhf.stages.value_pretrain", "rlhf.stages.ppo"),  # rollout/returns helpers -> rlhf.rl
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -54,3 +54,21 @@ class PolicyWithValueHead(torch.nn.Module):
 
     def disable_adapter(self) -> Any:
         return self.lm.disable_adapter()
+
+
+VALUE_CONFIG = "value_config.json"  # marks a value model folder written by `rlhf value-pretrain`
+
+
+def is_value_model(folder: str) -> bool:
+    """A folder written by `rlhf value-pretrain` (its value_config.json): a trained value head, not a reward head."""
+    from pathlib import Path
+
+    return bool(folder) and (Path(folder) / VALUE_CONFIG).is_file()
+
+
+def response_values(value_model: Any, batch: Any) -> torch.Tensor:
+    """(B, R) values V(s_t) of the state before each response token: the value head at position P-1+t.
+    `value_model` is a `PerTokenScalar` (possibly wrapped by DDP)."""
+    P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    v = value_model(batch.input_ids, batch.attention_mask)[:, P - 1:P - 1 + R]
+    return v * batch.response_mask

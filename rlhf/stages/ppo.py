@@ -29,6 +29,7 @@ from rlhf.core import (
 )
 from rlhf.errors import UserError
 from rlhf.models.data_source import read_rows
+from rlhf.models.value import is_value_model, response_values
 from rlhf.rl import (
     LogprobGap,
     OnPolicyOptions,
@@ -261,14 +262,6 @@ def _values_fn(acc: Any, s: Session) -> Any:
     return lambda batch: response_values(acc.unwrap_model(s.m.value), batch)
 
 
-def response_values(value_model: Any, batch: Any) -> torch.Tensor:
-    """(B, R) values V(s_t) of the state before each response token: the value head at position P-1+t.
-    `value_model` is a `PerTokenScalar` (possibly wrapped by DDP)."""
-    P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
-    v = value_model(batch.input_ids, batch.attention_mask)[:, P - 1:P - 1 + R]
-    return v * batch.response_mask
-
-
 def save_models(cfg: PPOConfig, s: Session) -> None:
     """The policy as a plain HF folder (rlhf.rl.save_policy); the value model in out/value (or the head in
     value_head.safetensors: no pickle). Every process calls this: under FSDP/ZeRO-3 state dicts are gathered."""
@@ -295,7 +288,7 @@ class PtxBatches:
     position (micro-batches drawn) kept in the checkpoint so that a resumed run draws the same ones."""
 
     def __init__(self, cfg: PPOConfig, tokenizer: Any, acc: Any, position: int = 0):
-        from rlhf.stages.sft import iter_batches, tokenize_examples
+        from rlhf.train.lm_data import iter_batches, tokenize_examples
 
         rows = read_rows(cfg.ptx_data)
         examples = tokenize_examples(rows, tokenizer, cfg.ptx_max_length, cfg.ptx_data)
@@ -310,7 +303,7 @@ class PtxBatches:
 
 def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens (-100 = not predicted), as `rlhf sft` trains."""
-    from rlhf.stages.sft import IGNORE
+    from rlhf.train.lm_data import IGNORE
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
@@ -331,9 +324,4 @@ def _check_ppo(cfg: PPOConfig, acc: Any) -> None:
                         "which data-parallel gradient sync cannot take; use a separate value model or one process")
 
 
-def is_value_model(folder: str) -> bool:
-    """A folder written by `rlhf value-pretrain` (its value_config.json): a trained value head, not a reward head."""
-    from rlhf.stages.value_pretrain import VALUE_CONFIG
-
-    return bool(folder) and (Path(folder) / VALUE_CONFIG).is_file()
 

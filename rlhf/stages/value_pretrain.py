@@ -28,12 +28,11 @@ from rlhf.config import OptimOptions, RunOptions, check, opt, save_config
 from rlhf.core import gae, shape_rewards
 from rlhf.io import MetricsLogger, atomic_write_text
 from rlhf.models.data_source import read_rows
+from rlhf.models.value import VALUE_CONFIG
 from rlhf.stages.common import stage_outputs
 from rlhf.train.optim import make_optimizer
 from rlhf.train.progress import say
 from rlhf.train.seeds import set_seed
-
-VALUE_CONFIG = "value_config.json"  # marks a value model folder (PPO keeps its head: value_head_init auto)
 
 
 @dataclass
@@ -79,8 +78,8 @@ def run(cfg: ValuePretrainConfig) -> Path:
     from rlhf.models.prompts import encode_prompts
     from rlhf.models.reward import load_reward_model
     from rlhf.models.scalar import PerTokenScalar
+    from rlhf.models.value import response_values
     from rlhf.rl.rollout import prompt_indices
-    from rlhf.stages.ppo import response_values
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +186,7 @@ def _collate(items: list, pad_id: int, device: torch.device) -> tuple:
 def evaluate(value: torch.nn.Module, held: list, pad_id: int, device: torch.device, batch_size: int = 32
              ) -> dict[str, float]:
     """Held-out value loss 0.5 * mean (V - R)^2 and explained variance 1 - Var(R - V) / Var(R) over all tokens."""
-    from rlhf.stages.ppo import response_values
+    from rlhf.models.value import response_values
 
     value.eval()
     vs, rs = [], []
