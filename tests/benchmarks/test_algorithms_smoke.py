@@ -1,6 +1,6 @@
 """benchmarks/algorithms.py end to end on the tiny demo (one update each): a row per algorithm with finite figures in
 the JSON and the table, the demo's PPO settings given to every on-policy algorithm, DPO offline, the plot written,
-a second run resumes without training again, and a bad --algorithms is one line."""
+a second run (one job at a time) resumes without training again, and a bad --algorithms is one line."""
 
 import json
 import math
@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_algorithms_table_has_a_finite_row_per_algorithm_and_resumes(tiny_run, tmp_path):
     out = tmp_path / "alg"
-    r = _run("--run", tiny_run, "--out", out, "--updates", "1", "--eval_prompts", "8")
+    r = _run("--run", tiny_run, "--out", out, "--updates", "1", "--eval_prompts", "8", "--jobs", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(last["rows"]) == set(ALGOS)
