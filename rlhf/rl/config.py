@@ -7,12 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rlhf.config import Device, Dtype, Gold, LoadIn, Options, check, opt
+from rlhf.config import CheckpointOptions, Device, Dtype, Gold, LoadIn, RunOptions, TrainPrecisionOptions, check, opt
 
 
 @dataclass
-class OnPolicyOptions(Options):
-    """on-policy options (shared by ppo, rloo, grpo, reinforce_pp)"""
+class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
+    """on-policy options (shared by ppo, rloo, grpo, reinforce_pp); the run, precision and checkpoint fields are
+    the shared classes' (rlhf.config), re-declared here for their on-policy defaults and help"""
 
     # models and data
     policy: str = opt("", "the SFT model folder or hub id: the initial policy (and the reference unless --ref)")

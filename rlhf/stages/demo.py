@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhf.config import Device, check, check_choices, opt, save_config
+from rlhf.config import Device, RunOptions, check, opt, save_config
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text
 from rlhf.stages.common import console, stage_done, stage_outputs, write_summary
@@ -56,7 +56,9 @@ STAGES = ("data", "pretrain", "sft", "sample", "label", "reward", "ppo", "eval",
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(RunOptions):
+    """demo options"""
+
     out: str = opt("runs/demo", "run folder: every stage writes a subfolder here")
     preset: Preset = opt("default", "size of the demo: default (minutes on a laptop CPU) or tiny (seconds; tests)")
     seed: int = opt(0, "seed for the corpus, models, labelers and sampling")
@@ -66,7 +68,7 @@ class DemoConfig:
     device: Device = opt("auto", "auto, cpu or cuda")
 
     def validate(self) -> None:
-        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
+        super().validate()  # every Literal field holds one of its choices (also for a config made in Python)
         if self.seeds:
             check(_parse_seeds(self.seeds) is not None, "seeds", f"'{self.seeds}' is not a list of distinct "
                   "integers", "use e.g. --seeds 0,1,2")

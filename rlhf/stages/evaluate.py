@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from rlhf.artifacts import policy_run, rm_accuracy
-from rlhf.config import Device, Dtype, Gold, check, check_choices, opt, save_config
+from rlhf.config import Device, Dtype, Gold, PrecisionOptions, RunOptions, check, opt, save_config
 from rlhf.core import kl_estimate
 from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
@@ -40,7 +40,9 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(PrecisionOptions, RunOptions):
+    """eval options"""
+
     policy: str = opt("", "the policy to evaluate: a model folder (e.g. RUN/ppo) or hub id")
     baseline: str = opt("", "the model to compare with; empty = the reference of the training run in --policy (its "
                         "config.yaml: ref, else policy), i.e. the SFT model")
@@ -71,7 +73,7 @@ class EvalConfig:
     label_overlap: int = opt(1, "distinct labelers per labeling task")
 
     def validate(self) -> None:
-        check_choices(self)  # every Literal field holds one of its choices (also for a config made in Python)
+        super().validate()  # every Literal field holds one of its choices (also for a config made in Python)
         check(bool(self.policy), "policy", "no policy model given", "pass --policy RUN/ppo")
         check(bool(self.reward), "reward", "no reward model given", "pass --reward RUN/reward")
         check(self.n_prompts >= 0, "n_prompts", "must be >= 0", "use 0 for all prompts")
