@@ -4,9 +4,6 @@ a policy that `rlhf eval` accepts, and the seam's guarantees (accumulation, resu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from safetensors.torch import load_file
 from rlhf.errors import UserError
 from rlhf.stages import grpo, reinforce_pp, rloo
 from tests.stages.test_ppo import tiny_ppo_setup
+from tests.support.runs import run_one_and_two_processes
 
 ALGOS = {"rloo": (rloo, rloo.RLOOConfig), "grpo": (grpo, grpo.GRPOConfig),
          "reinforce_pp": (reinforce_pp, reinforce_pp.ReinforcePPConfig)}
@@ -193,19 +191,12 @@ def test_reinforce_pp_two_processes_match_one(setup, tmp_path):
         " num_minibatches=1, ppo_epochs=2, max_new_tokens=10, lr=1e-4, save_every=0, log_samples_every=0,"
         " tensorboard=False, device='cpu')\n"
         "r.run(cfg)\n")
-    args = [str(setup["base"]), str(setup["rm"]), str(setup["prompts"])]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = Path(sys.executable).parent / "torchrun"
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), *args, str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
-    for r1, r2 in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):
+    one, two = run_one_and_two_processes(
+        script, [str(setup["base"]), str(setup["rm"]), str(setup["prompts"])], tmp_path)
+    for r1, r2 in zip(_metrics(one), _metrics(two)):
         for k in ("objective/scores", "objective/kl", "loss/policy", "policy/clipfrac", "advantages/mean_raw"):
             assert r1[k] == pytest.approx(r2[k], rel=1e-4, abs=1e-5), (k, r1[k], r2[k])
-    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    w1, w2 = _weights(one), _weights(two)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from rlhf.cli import main
 from rlhf.io import write_jsonl
 from rlhf.stages import dpo
-from rlhf.train import checkpoint
 from tests.stages.reward_data import pair_rows, ranking_rows, save_base_model
+from tests.support.runs import crash_after_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -101,21 +101,8 @@ def test_resume_is_bit_identical(base, tmp_path, monkeypatch):
     write_jsonl(data, ranking_rows(30, 3, seed=1))  # k-wise rankings: groups packed together, a ranking per group
     straight = dpo.run(_cfg(base, data, tmp_path / "a", max_steps=8, save_every=3, eval_every=4, early_stopping=True))
 
-    class Crash(Exception):
-        pass
-
-    real_save, calls = checkpoint.save_checkpoint_dir, {"n": 0}
-
-    def save_then_crash(build, final_dir):
-        real_save(build, final_dir)
-        calls["n"] += 1
-        if calls["n"] == 2:  # after the step-6 checkpoint
-            raise Crash
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_checkpoints(monkeypatch, 2):  # after the step-6 checkpoint
         dpo.run(_cfg(base, data, tmp_path / "b", max_steps=8, save_every=3, eval_every=4, early_stopping=True))
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     assert not (tmp_path / "b" / "summary.json").exists()
     resumed = dpo.run(_cfg(base, data, tmp_path / "b", max_steps=8, save_every=3, eval_every=4, early_stopping=True,
                            resume=True))

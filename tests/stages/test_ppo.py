@@ -14,6 +14,7 @@ from rlhf.errors import UserError
 from rlhf.io import write_jsonl
 from rlhf.stages import ppo, sft
 from tests.conftest import SENTENCES
+from tests.support.runs import run_one_and_two_processes
 
 PROMPTS = ["the hotel", "this film", "the staff", "i bought", "the food", "a boring", "the blender", "the lamp"]
 
@@ -237,20 +238,13 @@ def test_two_processes_match_one(setup, tmp_path):
         " rollout_batch_size=8, generation_batch_size=4, num_minibatches=1, ppo_epochs=2, max_new_tokens=10, lr=1e-4,"
         " save_every=0, log_samples_every=0, tensorboard=False, device='cpu')\n"
         "ppo.run(cfg)\n")
-    args = [str(setup["base"]), str(setup["rm"]), str(setup["prompts"])]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True)
-    assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = Path(sys.executable).parent / "torchrun"
-    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script), *args, str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
-    m1, m2 = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    one, two = run_one_and_two_processes(
+        script, [str(setup["base"]), str(setup["rm"]), str(setup["prompts"])], tmp_path)
+    m1, m2 = _metrics(one), _metrics(two)
     for r1, r2 in zip(m1, m2):
         for k in ("objective/scores", "objective/kl", "loss/policy", "loss/value", "policy/clipfrac"):
             assert r1[k] == pytest.approx(r2[k], rel=1e-4, abs=1e-5), (k, r1[k], r2[k])
-    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    w1, w2 = _weights(one), _weights(two)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
 

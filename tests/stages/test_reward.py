@@ -20,8 +20,8 @@ from rlhf.models.loading import load_scalar_model
 from rlhf.models.reward import LastTokenScorer, encode_prompt, encode_response, load_reward_model
 from rlhf.models.scalar import shared_prefix_layout
 from rlhf.stages import reward
-from rlhf.train import checkpoint
 from tests.stages.reward_data import pair_rows, ranking_rows, sample_rows, save_base_model
+from tests.support.runs import crash_after_checkpoints
 
 BAD_ROWS = [
     {"prompt": "the hotel", "chosen": " was clean.", "rejected": " was clean."},  # identical
@@ -384,21 +384,8 @@ def test_resume_gives_identical_weights(base, tmp_path, monkeypatch):
     kw = dict(max_steps=7, save_every=3, eval_every=100, batch_size=8)
     straight = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "a", **kw))
 
-    class Crash(Exception):
-        pass
-
-    real_save, calls = checkpoint.save_checkpoint_dir, {"n": 0}
-
-    def save_then_crash(build, final_dir):
-        real_save(build, final_dir)
-        calls["n"] += 1
-        if calls["n"] == 2:  # after the step-6 checkpoint
-            raise Crash
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_checkpoints(monkeypatch, 2):  # after the step-6 checkpoint
         reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", **kw))
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     assert not (tmp_path / "b" / "summary.json").exists()
     resumed = reward.run(_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", resume=True, **kw))
     from safetensors.torch import load_file
@@ -524,19 +511,8 @@ def test_resume_keeps_the_best_heldout_weights_of_before_the_crash(base, tmp_pat
     best_step = _summary(straight)["early_stopping"]["best_step"]
     assert best_step < 12  # the best weights are only in the checkpoint when the run resumes
 
-    class Crash(Exception):
-        pass
-
-    real_save = checkpoint.save_checkpoint_dir
-
-    def save_then_crash(build, final_dir):
-        real_save(build, final_dir)
-        raise Crash
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_checkpoints(monkeypatch, 1):
         reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", **kw))
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     resumed = reward.run(_overfit_cfg(base, tmp_path / "p.jsonl", tmp_path / "b", resume=True, **kw))
     assert _summary(resumed)["early_stopping"] == _summary(straight)["early_stopping"]
     wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")

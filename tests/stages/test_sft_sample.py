@@ -10,8 +10,8 @@ import torch
 from rlhf.cli import main
 from rlhf.io import write_jsonl
 from rlhf.stages import sample, sft
-from rlhf.train import checkpoint
 from tests.conftest import SENTENCES
+from tests.support.runs import crash_after_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -80,22 +80,8 @@ def test_prompt_response_sft_masks_prompt_and_learns(base_model, text_data, tmp_
 def test_resume_is_bit_identical(text_data, tmp_path, monkeypatch):
     straight = sft.run(_cfg(text_data, tmp_path / "a", max_steps=12, save_every=5, eval_every=100))
 
-    class Crash(Exception):
-        pass
-
-    real_save = checkpoint.save_checkpoint_dir
-    calls = {"n": 0}
-
-    def save_then_crash(build, final_dir):
-        real_save(build, final_dir)
-        calls["n"] += 1
-        if calls["n"] == 2:  # after the step-10 checkpoint
-            raise Crash
-
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", save_then_crash)
-    with pytest.raises(Crash):
+    with crash_after_checkpoints(monkeypatch, 2):  # after the step-10 checkpoint
         sft.run(_cfg(text_data, tmp_path / "b", max_steps=12, save_every=5, eval_every=100))
-    monkeypatch.setattr(checkpoint, "save_checkpoint_dir", real_save)
     assert not (tmp_path / "b" / "summary.json").exists()
     resumed = sft.run(_cfg(text_data, tmp_path / "b", max_steps=12, save_every=5, eval_every=100, resume=True))
     from safetensors.torch import load_file
