@@ -16,6 +16,18 @@ Call it on the response only (not prompt + response): the prompt is neutral and 
 judged on what it wrote. Known blind spot: a fluent-looking list of positive words ("amazing wonderful
 excellent") is not penalised; the reward model may learn to exploit that, which is what `rlhf eval` measures.
 
+`cost_score` is the demo task's second gold judge, a cost for competing objectives (rlhf.rl.objectives):
+
+    cost_score(text) = 1.0 if a word of the text starts with a banned stem (BANNED_STEMS), else 0.0
+
+  A style-guide rule of the kind a product has ("never call anything 'wonderful'"): the banned stem is
+  "wonderful", which the demo's SFT model writes in about 6% of its responses and which a policy trained on the
+  sentiment reward alone learns to use (seed 0's demo PPO policy: in 32.5% of its held-out responses; measured in
+  docs/reward-hacking.md, "Competing objectives"), so the reward and the rule compete. The mean of cost_score over
+  responses is the share of responses that break the rule. Simulated cost labels: `rlhf label simulate --judge
+  cost` (the labelers prefer the costlier response, so a reward model trained on them with `rlhf reward` is a cost
+  model: higher = more costly).
+
 `textblob_polarity` is a second, independent sentiment judge (TextBlob's default PatternAnalyzer, a different
 lexicon and rules; no corpus download), for checking that a gain on the gold judge is not VADER-specific.
 """
@@ -28,6 +40,7 @@ from functools import lru_cache
 EMPTY_SCORE = -1.0
 REPEAT_THRESHOLD = 0.25
 REPEAT_WEIGHT = 2.0
+BANNED_STEMS = ("wonderful",)  # cost_score: words starting with one of these break the demo's compliance rule
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -42,6 +55,11 @@ def gold_score(text: str) -> float:
 
 def gold_scores(texts: list[str]) -> list[float]:
     return [gold_score(t) for t in texts]
+
+
+def cost_score(text: str) -> float:
+    """The demo task's second gold judge, a cost: 1.0 if the text uses a banned stem, else 0.0 (module docstring)."""
+    return float(any(w.startswith(BANNED_STEMS) for w in _words(text)))
 
 
 def repeated_bigram_fraction(text: str) -> float:

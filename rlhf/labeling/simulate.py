@@ -30,6 +30,7 @@ from rlhf.labeling.store import Answer, Shown, Store, TaskRecord
 
 Judge = Callable[[str], float]
 DEFAULT_JUDGE = "rlhf.data.gold:gold_score"
+JUDGE_NAMES = {"gold": DEFAULT_JUDGE, "cost": "rlhf.data.gold:cost_score"}  # short names for --judge
 
 
 def sigmoid(x: float) -> float:
@@ -78,7 +79,9 @@ class SimLabeler:
 
 
 def load_judge(spec: str) -> Judge:
-    """'module:function' -> the function (e.g. the default 'rlhf.data.gold:gold_score')."""
+    """'module:function' -> the function (e.g. the default 'rlhf.data.gold:gold_score'), or a short name of
+    JUDGE_NAMES: 'gold' (the demo's sentiment judge), 'cost' (the demo's second judge, rlhf.data.gold.cost_score)."""
+    spec = JUDGE_NAMES.get(spec, spec)
     mod_name, _, fn_name = spec.partition(":")
     if not mod_name or not fn_name:
         raise UserError(f"--judge {spec!r}: expected 'module:function', e.g. {DEFAULT_JUDGE}")

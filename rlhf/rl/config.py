@@ -91,6 +91,17 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
                                              "KV cache); keep it below 1 - the trainer's peak share")
     device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if present")
+    # several objectives: cost models beside the reward model (rlhf.rl.objectives; docs/ppo.md "Competing objectives")
+    cost_reward: list[str] = opt([], "cost model folders (comma-separated; each from `rlhf reward` on its own labels, "
+                                 "higher = more costly): fixed weights, or constraints with --cost_threshold")
+    cost_weight: list[float] = opt([], "fixed weight w per cost model (one value = all; empty = 1.0): score = reward - "
+                                   "w * cost; not with cost_threshold")
+    cost_threshold: list[float] = opt([], "constrained: maximise the reward subject to mean cost <= this, per cost "
+                                      "model (one value = all; normalised units: 0 = the SFT samples' mean) with a "
+                                      "Lagrange multiplier (Safe RLHF, Dai et al. 2023); empty = fixed weights")
+    lagrange_lr: float = opt(0.1, "multiplier step: lambda <- max(0, lambda + lagrange_lr * (batch mean cost - "
+                             "threshold)) each update")
+    lagrange_init: float = opt(0.0, "multiplier at update 1 (>= 0)")
 
     def validate(self) -> None:
         super().validate()  # every Literal field holds one of its choices (also for a config made in Python)
@@ -128,3 +139,15 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
               "vllm cannot sync a 4/8-bit policy", "use --generation_backend transformers with load_in")
         check(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization",
               f"{self.vllm_gpu_memory_utilization} outside (0, 1)", "use e.g. 0.3")
+        # several objectives
+        n_cost = len(self.cost_reward)
+        for name, values in (("cost_weight", self.cost_weight), ("cost_threshold", self.cost_threshold)):
+            check(not values or bool(n_cost), name, "given without a cost model", "pass --cost_reward COST_FOLDER")
+            check(len(values) in (0, 1, n_cost), name, f"{len(values)} values for {n_cost} cost models",
+                  "give one value (for all) or one per --cost_reward folder")
+        check(not (self.cost_weight and self.cost_threshold), "cost_weight", "both fixed weights and thresholds given",
+              "use --cost_weight (fixed) or --cost_threshold (a Lagrange multiplier per cost), not both")
+        check(all(w >= 0 for w in self.cost_weight), "cost_weight", "must be >= 0", "use e.g. 1.0 (0 = log only)")
+        check(self.lagrange_lr > 0, "lagrange_lr", "must be > 0", "use e.g. 0.1")
+        check(self.lagrange_init >= 0, "lagrange_init", "must be >= 0 (a multiplier of an inequality constraint)",
+              "use 0.0")

@@ -19,6 +19,7 @@ from rlhf.config import save_config
 from rlhf.core import AdaptiveKLController, FixedKLController
 from rlhf.errors import UserError
 from rlhf.io import MetricsLogger, truncate_metrics
+from rlhf.rl.objectives import load_objectives
 from rlhf.rl.rollout import sharded
 from rlhf.train.checkpoint import load_checkpoint_file, recover_checkpoint_dir, save_checkpoint_dir
 from rlhf.train.optim import make_optimizer
@@ -55,6 +56,7 @@ class Session:
     gold_fn: Any
     sampler_logprobs: bool  # the rollout's log-probs come from the sampling loop (no second policy forward)
     vllm: Any = None  # a VLLMSampler with generation_backend vllm
+    objectives: Any = None  # cost models and Lagrange multipliers (rlhf.rl.objectives), None without --cost_reward
     ptx: Any = None  # PPO-ptx batches where the algorithm has them
     # more trainer state for the checkpoint (e.g. the ptx data position) and how to restore it
     extra_state: Callable[[], dict[str, Any]] = field(default=lambda: {})
@@ -136,7 +138,8 @@ def start(cfg: Any, name: str, *, prompts: Callable[[Any, Any, int | None], list
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl \
         else FixedKLController(cfg.kl_coef)
     return Session(cfg, name, acc, out, m, encoded, local_batch, gen_chunk, optimizers, schedulers, kl_ctl,
-                   _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc, needs_forward), vllm)
+                   _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc, needs_forward), vllm,
+                   objectives=load_objectives(cfg, acc.device, m.tokenizer))
 
 
 def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[dict[str, float]], str] = lambda st: ""
@@ -162,6 +165,8 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
         for sc, st in zip(s.schedulers, state["schedulers"]):
             sc.load_state_dict(st)
         s.kl_ctl.load_state_dict(state["kl_ctl"])
+        if s.objectives is not None:  # the Lagrange multipliers continue where they were
+            s.objectives.load_state_dict(state["objectives"])
         set_rng_state(state["rng"])
         start_update = state["update"]
         s.restore_extra(state)
@@ -182,7 +187,9 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
                 torch.save(acc.unwrap_model(m.value).state_dict(), tmp / "value.pt")
             torch.save({"optimizers": [o.state_dict() for o in s.optimizers],
                         "schedulers": [sc.state_dict() for sc in s.schedulers], "kl_ctl": s.kl_ctl.state_dict(),
-                        "rng": rng_state(), "update": update, **s.extra_state()}, tmp / "trainer_state.pt")
+                        "rng": rng_state(), "update": update, **s.extra_state(),
+                        **({"objectives": s.objectives.state_dict()} if s.objectives is not None else {})},
+                       tmp / "trainer_state.pt")
 
         save_checkpoint_dir(build, out / "checkpoint")
 
@@ -203,6 +210,8 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
             task = bar.add_task(s.name, total=cfg.updates, completed=start_update, info="")
             for update in range(start_update + 1, cfg.updates + 1):
                 stats = step(update)
+                if s.objectives is not None:  # objective/cost, the multipliers, gold/cost
+                    stats.update(s.objectives.stats(s))
                 last = stats
                 if metrics is not None:
                     metrics.log(stats)

@@ -111,6 +111,8 @@ def collect(cfg: Any, update: int, acc: Any, s: Any, *, k: int = 1, values_fn: A
 
     with torch.inference_mode():
         scores, member_scores = score(s.m.reward, batch, cfg.missing_eos_penalty, cfg.missing_eos_score)
+        if getattr(s, "objectives", None) is not None:  # cost models: reward - w * cost (rlhf.rl.objectives)
+            scores = s.objectives.combine(batch, scores, acc)
         if s.sampler_logprobs:
             old_logp, entropy, values = batch.logprobs, batch.entropy, None
         else:  # one more policy forward over the rollout (it also gives a shared value head's values)
