@@ -45,6 +45,9 @@ GOLD_T = 2.0  # ... and its slope at least this many standard errors below 0 (no
 # |t| >= GOLD_T) while gold gains less than GOLD_FLAT: the proxy has come unstuck from the preference it stands for.
 PROXY_RISE, GOLD_FLAT = 0.25, 0.02
 DISAGREE_GROWTH, DISAGREE_MIN_RISE = 1.5, 0.05
+# constraint-violated: last-window mean objective/cost above its cost_threshold by more than this (normalised units:
+# std 1 on the SFT samples); severe beyond 0.5, half a standard deviation of the SFT samples' cost
+COST_EXCESS_WARN, COST_EXCESS_SEVERE = 0.0, 0.5
 LENGTH_GROWTH, LENGTH_SCORE_CORR = 1.3, 0.5
 DISTINCT2_WARN, DISTINCT2_SEVERE, DISTINCT2_FLOOR = 0.5, 0.2, 0.05
 SCORE_WARN, SCORE_SEVERE = 3.0, 6.0  # normalised reward (mean 0, std 1 on SFT samples), last window
@@ -386,6 +389,39 @@ def ensemble_disagreement(s: Stage) -> Hit | None:
         return None
     return Hit(WARNING, f"ensemble/disagreement {start:.3f} ({_span(_head(d), 'updates')}) -> {end:.3f} "
                f"({_span(_tail(d), 'updates')})", (d.steps[0], d.steps[-1]))
+
+
+@rule("constraint-violated", ON_POLICY, "A cost constraint does not hold at the end of the run",
+      why="With cost_threshold the run maximises the reward subject to mean cost <= the threshold (a Lagrange "
+          "multiplier per cost model; Safe RLHF). A last window of updates whose mean objective/cost is still above "
+          "its threshold means the policy ends outside the constraint: the multiplier has not caught up with the "
+          "reward's pull, and the final policy breaks the rule it was trained to keep.",
+      fix="Raise lagrange_lr (the multiplier reacts faster) or lagrange_init, or train for more updates; if "
+          "objective/lagrange_multiplier is still rising at the end, it was catching up. Check the cost model on "
+          "the policy's samples: a threshold below what any response scores cannot be met.")
+def constraint_violated(s: Stage) -> Hit | None:
+    n = len(s.config.get("cost_reward") or [])
+    thresholds = list(s.config.get("cost_threshold") or [])
+    if not n or not thresholds:
+        return None
+    thresholds = thresholds * n if len(thresholds) == 1 else thresholds
+    worst: tuple[float, str] | None = None
+    for i, d in enumerate(thresholds):
+        suffix = "" if i == 0 else f"_{i + 1}"  # metric names of the i-th cost model (rlhf.rl.objectives)
+        cost = s.series(f"objective/cost{suffix}").finite()
+        if len(cost) < MIN_POINTS:
+            continue
+        tail, lam = _tail(cost), _tail(s.series(f"objective/lagrange_multiplier{suffix}").finite())
+        excess = _mean(tail) - float(d)
+        if excess <= COST_EXCESS_WARN or (worst is not None and excess <= worst[0]):
+            continue
+        lam_note = f"; objective/lagrange_multiplier{suffix} {lam.values[0]:.3g} -> {lam.values[-1]:.3g}" \
+            if len(lam) else ""
+        worst = (excess, f"mean objective/cost{suffix} {_mean(tail):+.3f} over {_span(tail, 'updates')} is above "
+                         f"its cost_threshold {float(d):+.3f} by {excess:.3f}{lam_note}")
+    if worst is None:
+        return None
+    return Hit(SEVERE if worst[0] > COST_EXCESS_SEVERE else WARNING, worst[1])
 
 
 @rule("length-exploitation", ON_POLICY, "Responses grow longer with the score",
