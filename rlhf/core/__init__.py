@@ -9,22 +9,28 @@ from rlhf.core.kl import KL_KINDS, AdaptiveKLController, FixedKLController, kl_e
 from rlhf.core.logits import entropy_from_logits, logprobs_from_logits
 from rlhf.core.ppo import IS_KINDS, gae, importance_weights, length_adaptive_lam, ppo_policy_loss, ppo_value_loss
 from rlhf.core.preference import dpo_loss, pairwise_loss, ranking_to_pairs
+from rlhf.core.reward_shaping import REWARD_AGGREGATES, aggregate_members, clip_scores, fit_length, length_correct
 from rlhf.core.stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
     "AGGREGATIONS",
     "IS_KINDS",
     "KL_KINDS",
+    "REWARD_AGGREGATES",
     "AdaptiveKLController",
     "aggregate_loss",
+    "aggregate_members",
+    "clip_scores",
     "discounted_returns",
     "dpo_loss",
     "FixedKLController",
     "entropy_from_logits",
+    "fit_length",
     "gae",
     "grpo_advantages",
     "importance_weights",
     "kl_estimate",
+    "length_correct",
     "length_adaptive_lam",
     "logprobs_from_logits",
     "masked_mean",

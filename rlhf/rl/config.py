@@ -38,6 +38,16 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
                                             "number, e.g. -1.0 (TRL's missing_eos_penalty=1.0 is -1.0 here)")
     missing_eos_score: float | None = opt(None, "replace the score of a response without EOS by this value, e.g. -1.0 "
                                           "(lm-human-preferences' penalty_reward_value); not with missing_eos_penalty")
+    # defences against reward hacking at the score (rlhf.rl.defences; docs/reward-hacking.md)
+    reward_aggregate: Literal["mean", "min", "mean_minus_std"] = opt(
+        "mean", "score from a reward ensemble's members: mean, min (worst case) or mean_minus_std (mean - "
+        "reward_std_coef x std; both Coste et al. 2023); min/mean_minus_std need `rlhf reward --ensemble N`, N >= 2")
+    reward_std_coef: float = opt(1.0, "k of reward_aggregate mean_minus_std (>= 0)")
+    reward_clip: float = opt(0.0, "clip the reward model's score to [-C, C] (normalised units; 0 = off); the share "
+                             "clipped is logged as objective/reward_clipfrac")
+    length_penalty: float = opt(0.0, "subtracted from the score per response token (>= 0; 0 = off)")
+    length_regress: bool = opt(False, "subtract the score's linear fit on response length, fitted once on the first "
+                               "update's rollouts (the SFT policy's samples) and frozen")
     # KL to the reference
     kl_coef: float = opt(0.05, "KL penalty coefficient beta (initial value when adaptive)")
     kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward: k1 (unbiased, standard), "
@@ -122,6 +132,11 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
               "use --rollout_logprobs auto or recompute")
         check(self.missing_eos_penalty is None or self.missing_eos_score is None, "missing_eos_score",
               "both missing_eos_penalty and missing_eos_score are set", "use one: a penalty added, or a fixed score")
+        check(self.reward_std_coef >= 0, "reward_std_coef", "must be >= 0 (a negative k rewards disagreement)",
+              "use e.g. 1.0")
+        check(self.reward_clip >= 0, "reward_clip", "must be >= 0", "use e.g. 2.0, or 0 for no clipping")
+        check(self.length_penalty >= 0, "length_penalty", "must be >= 0 (a negative penalty rewards length)",
+              "use e.g. 0.02 per token, or 0 for none")
         check(self.ppo_epochs >= 1 and self.num_minibatches >= 1 and self.grad_accum >= 1, "ppo_epochs",
               "ppo_epochs, num_minibatches and grad_accum must be >= 1", "set them to 1 or more")
         check(self.num_samples >= 1, "num_samples", "must be >= 1", "use e.g. 4 responses per prompt")

@@ -19,6 +19,7 @@ from rlhf.config import save_config
 from rlhf.core import AdaptiveKLController, FixedKLController
 from rlhf.errors import UserError
 from rlhf.io import MetricsLogger, truncate_metrics
+from rlhf.rl.defences import RewardDefences
 from rlhf.rl.objectives import load_objectives
 from rlhf.rl.rollout import sharded
 from rlhf.train.checkpoint import load_checkpoint_file, recover_checkpoint_dir, save_checkpoint_dir
@@ -57,6 +58,7 @@ class Session:
     sampler_logprobs: bool  # the rollout's log-probs come from the sampling loop (no second policy forward)
     vllm: Any = None  # a VLLMSampler with generation_backend vllm
     objectives: Any = None  # cost models and Lagrange multipliers (rlhf.rl.objectives), None without --cost_reward
+    defences: Any = None  # reward_aggregate, reward_clip, length options (rlhf.rl.defences); None at the defaults
     ptx: Any = None  # PPO-ptx batches where the algorithm has them
     # more trainer state for the checkpoint (e.g. the ptx data position) and how to restore it
     extra_state: Callable[[], dict[str, Any]] = field(default=lambda: {})
@@ -91,6 +93,7 @@ def start(cfg: Any, name: str, *, prompts: Callable[[Any, Any, int | None], list
     _check_distributed(cfg, acc, name)
     if check is not None:
         check(cfg, acc)
+    defences = RewardDefences.from_config(cfg)  # refuses an aggregate a single reward model cannot give
     if cfg.rollout_batch_size % (cfg.num_minibatches * world):
         raise UserError(f"config field 'rollout_batch_size': {cfg.rollout_batch_size} is not divisible by "
                         f"num_minibatches x processes = {cfg.num_minibatches} x {world}; change one of them")
@@ -139,7 +142,7 @@ def start(cfg: Any, name: str, *, prompts: Callable[[Any, Any, int | None], list
         else FixedKLController(cfg.kl_coef)
     return Session(cfg, name, acc, out, m, encoded, local_batch, gen_chunk, optimizers, schedulers, kl_ctl,
                    _gold_judge(cfg.gold), _use_sampler_logprobs(cfg, acc, needs_forward), vllm,
-                   objectives=load_objectives(cfg, acc.device, m.tokenizer))
+                   objectives=load_objectives(cfg, acc.device, m.tokenizer), defences=defences)
 
 
 def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[dict[str, float]], str] = lambda st: ""
@@ -167,6 +170,8 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
         s.kl_ctl.load_state_dict(state["kl_ctl"])
         if s.objectives is not None:  # the Lagrange multipliers continue where they were
             s.objectives.load_state_dict(state["objectives"])
+        if s.defences is not None and "defences" in state:  # the frozen length fit
+            s.defences.load_state_dict(state["defences"])
         set_rng_state(state["rng"])
         start_update = state["update"]
         s.restore_extra(state)
@@ -188,7 +193,8 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
             torch.save({"optimizers": [o.state_dict() for o in s.optimizers],
                         "schedulers": [sc.state_dict() for sc in s.schedulers], "kl_ctl": s.kl_ctl.state_dict(),
                         "rng": rng_state(), "update": update, **s.extra_state(),
-                        **({"objectives": s.objectives.state_dict()} if s.objectives is not None else {})},
+                        **({"objectives": s.objectives.state_dict()} if s.objectives is not None else {}),
+                        **({"defences": s.defences.state_dict()} if s.defences is not None else {})},
                        tmp / "trainer_state.pt")
 
         save_checkpoint_dir(build, out / "checkpoint")
@@ -212,6 +218,8 @@ def train(s: Session, step: Callable[[int], dict[str, float]], info: Callable[[d
                 stats = step(update)
                 if s.objectives is not None:  # objective/cost, the multipliers, gold/cost
                     stats.update(s.objectives.stats(s))
+                if s.defences is not None:  # objective/reward_mean, reward_clipfrac, ...
+                    stats.update(s.defences.stats())
                 last = stats
                 if metrics is not None:
                     metrics.log(stats)

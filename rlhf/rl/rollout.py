@@ -58,11 +58,15 @@ def group_prompt_indices(update: int, rollouts: int, k: int, n: int, seed: int) 
 
 
 def score(reward: Any, batch: Any, missing_eos_penalty: float | None = None,
-          missing_eos_score: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+          missing_eos_score: float | None = None, defences: Any = None, acc: Any = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores (B,), member scores (members, B)) of the reward model, with the missing-EOS option applied to the
     scores: a penalty added (TRL's missing_eos_penalty, sign included here) or a fixed score (lm-human-preferences'
-    penalty_reward_value) for a response that never ended."""
+    penalty_reward_value) for a response that never ended. `defences` (rlhf.rl.defences) replaces the members' mean
+    by its score (aggregate, length terms, clipping) before the missing-EOS option."""
     scores, member_scores = reward(batch.input_ids, batch.attention_mask)
+    if defences is not None:
+        scores = defences.apply(member_scores, batch.response_mask.sum(1), acc)
     if missing_eos_penalty is not None:  # TRL: score - penalty; here the (negative) number is added
         scores = torch.where(batch.ended, scores, scores + missing_eos_penalty)
     if missing_eos_score is not None:  # lm-human-preferences: a fixed score for a response cut off
@@ -110,7 +114,8 @@ def collect(cfg: Any, update: int, acc: Any, s: Any, *, k: int = 1, values_fn: A
     t_gen = time.perf_counter()
 
     with torch.inference_mode():
-        scores, member_scores = score(s.m.reward, batch, cfg.missing_eos_penalty, cfg.missing_eos_score)
+        scores, member_scores = score(s.m.reward, batch, cfg.missing_eos_penalty, cfg.missing_eos_score,
+                                      getattr(s, "defences", None), acc)
         if getattr(s, "objectives", None) is not None:  # cost models: reward - w * cost (rlhf.rl.objectives)
             scores = s.objectives.combine(batch, scores, acc)
         if s.sampler_logprobs:
