@@ -172,12 +172,43 @@ def on_policy_section(s: Stage, ev: Stage | None) -> Section:
         sec.notes.append(f"No proxy-vs-gold curve: objective/gold was not logged ({algo} ran without a gold judge; "
                          "use --gold demo on the demo task).")
 
+    objectives_figure(s, sec, algo)  # cost models and Lagrange multipliers (rlhf.rl.objectives), when logged
     if ev is None or not (ev.path / "samples.jsonl").exists():
         table = _ppo_samples(s)
         if table is not None:
             sec.tables.append(table)
     sec.tables.append(_summary_table(s, ("updates", "train_s")))
     return sec
+
+
+def objectives_figure(s: Stage, sec: Section, algo: str) -> None:
+    """With cost models (--cost_reward): each cost model's batch mean against its threshold, each Lagrange multiplier,
+    the gold cost (demo) and the reward model's score alone."""
+    from rlhf.report import plots
+
+    keys = sorted({k for r in s.rows for k in r})
+    costs = [k for k in keys if k.startswith("objective/cost") and not k.startswith("objective/cost_weight")]
+    if not costs:
+        return
+    thresholds = list(s.config.get("cost_threshold") or [])
+    thresholds = thresholds * len(costs) if len(thresholds) == 1 else thresholds
+    panels = []
+    for i, key in enumerate(costs):
+        xs, ys = _xy(s, key)
+        lines = [(key, (xs, ys))]
+        if i < len(thresholds):
+            lines.append((f"cost_threshold {float(thresholds[i]):g}", (xs, [float(thresholds[i])] * len(xs))))
+        panels.append((f"Cost model  {key}", lines))
+    panels += [(f"Lagrange multiplier  {k}", [(k, _xy(s, k))]) for k in keys
+               if k.startswith("objective/lagrange_multiplier")]
+    panels += [(f"{title}  {k}", [(k, _xy(s, k))]) for title, k in (("Gold cost", "gold/cost"),
+                                                                   ("Reward model alone", "objective/reward"))
+               if s.has(k)]
+    _add(sec, "Competing objectives: cost and Lagrange multiplier", plots.curves(panels, f"{algo} update"),
+         f"{algo} cost-model means with their thresholds, Lagrange multipliers and gold cost by update",
+         "The run maximises the reward model's score subject to each cost model's batch mean staying at or below its "
+         "threshold (with cost_threshold; Safe RLHF); the multiplier rises while a cost is above its threshold and "
+         "falls toward 0 once it holds. With fixed weights there is no threshold line or multiplier.")
 
 
 def dpo_section(s: Stage) -> Section:
