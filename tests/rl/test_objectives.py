@@ -176,3 +176,21 @@ def test_resume_continues_the_multiplier_exactly(setup, tmp_path, monkeypatch):
     for key in ("objective/lagrange_multiplier", "objective/cost", "objective/scores"):
         assert [r[key] for r in resumed] == [r[key] for r in straight], key
     assert straight[-1]["objective/lagrange_multiplier"] > 0
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_algorithms_take_cost_models_too(setup, tmp_path, algo):
+    """The combination sits in the shared rollout (rlhf.rl.collect), so the group estimators optimise it as well."""
+    import importlib
+
+    mod = importlib.import_module(f"rlhf.stages.{algo}")
+    cfg_cls = {"rloo": "RLOOConfig", "grpo": "GRPOConfig"}[algo]
+    out = mod.run(getattr(mod, cfg_cls)(
+        policy=str(setup["base"]), reward=str(setup["rm"]), prompts=str(setup["prompts"]), out=str(tmp_path / algo),
+        cost_reward=[str(setup["rm"])], cost_threshold=[-5.0], lagrange_lr=0.2, updates=2, rollout_batch_size=8,
+        num_samples=2, num_minibatches=2, ppo_epochs=1, max_new_tokens=8, save_every=0, log_samples_every=0,
+        tensorboard=False, device="cpu", seed=0))
+    rows = _rows(out)
+    assert 0 < rows[0]["objective/lagrange_multiplier"] < rows[1]["objective/lagrange_multiplier"]
+    lam = rows[1]["objective/lagrange_multiplier"]
+    assert rows[1]["objective/scores"] == pytest.approx((1 - lam) / (1 + lam) * rows[1]["objective/reward"], abs=1e-4)
