@@ -9,17 +9,27 @@ Import (local files only): JSONL, Parquet, or a folder written by `datasets` `sa
                  {"role", "content"} messages (a missing prompt with conversational chosen/rejected = TRL's
                  "implicit prompt": the shared leading messages). Messages are rendered to text: a single
                  message is its content, several are "Role: content" blocks separated by blank lines.
-  ultrafeedback  {"instruction" | "prompt", "completions": [{"response" | "text", "overall_score" |
+  ultrafeedback  either layout of UltraFeedback, row by row:
+                 raw: {"instruction" | "prompt", "completions": [{"response" | "text", "overall_score" |
                  "fine-grained_score" | "rating" | "score"}, ...]}: 2..9 completions ranked by score
-                 (higher is better, equal scores tie).
+                 (higher is better, equal scores tie);
+                 binarized (HuggingFaceH4/ultrafeedback_binarized): {"prompt": str, "prompt_id"?, "chosen":
+                 [messages], "rejected": [messages], "score_chosen", "score_rejected"}, chosen/rejected repeating
+                 the conversation: the shared leading turns are the prompt (one user turn: the `prompt` string;
+                 several turns: kept as messages), the one assistant turn after them is each response; equal
+                 scores are a tie, score_chosen < score_rejected is refused.
+`--format auto` takes the layout of the first row that has one; a later row that is bad in that layout but good in
+another is a mixed file, refused as a whole (UserError naming the line and the layout it looked like).
 Every row becomes a PreferenceRecord (prompt, responses, rank per response with 1 = best) or a RowError naming
 file, line (or row) and field. Nothing is dropped silently: the ImportReport counts rows read, parsed and
 rejected, with the reasons.
 
 Export (written by `rlhf label export`, read by the reward stage with `read_preferences`): JSONL rows
-  {"prompt": str, "chosen": str, "rejected": str, "agreement": float in [0, 1],
+  {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages, "agreement": float in [0, 1],
    "margin": float (optional), "group_id": str (optional, shared by the pairs of one ranking),
-   "split": "train" | "heldout" (optional), ...extra keys allowed (e.g. task_id, n_votes)}
+   "split": "train" | "heldout" (optional), "weight": float in [0, 1] (optional, `--weight reliability`),
+   ...extra keys allowed (e.g. task_id, n_votes)}
+(a conversational prompt: prompt, chosen and rejected are all lists of {"role", "content"} messages)
 and `<stem>.meta.json` next to it (`read_preferences_meta`), with e.g. "bayes_accuracy" for simulated labels.
 """
 
@@ -56,11 +66,13 @@ class RowError:
 
 @dataclass(frozen=True)
 class PreferenceRecord:
-    prompt: str
+    prompt: str  # text (conversations rendered by `render_messages`, for display and de-duplication)
     responses: list[str]
     ranks: list[int]  # one per response, 1 = best, ties share a rank
     location: str
     split: str | None = None  # "train" / "heldout" from a datasets split name, else None
+    prompt_messages: list[dict] | None = None  # a multi-turn prompt, kept as {"role", "content"} messages
+    prompt_id: str | None = None  # the row's own prompt_id (UltraFeedback, rlhf sample), kept with the task
 
 
 @dataclass
@@ -146,16 +158,40 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, str | None, Any]]:
 
 
 def detect_format(row: Any) -> str | None:
+    """The layout a row looks like (None: none). The rules are disjoint, so every listed layout is recognised:
+    completions -> ultrafeedback (raw); score_chosen/score_rejected, or a string prompt with message-list
+    chosen/rejected -> ultrafeedback (binarized); no prompt and HH transcripts -> hh; other chosen/rejected -> trl."""
     if not isinstance(row, dict):
         return None
     if "completions" in row:
         return "ultrafeedback"
     if "chosen" in row and "rejected" in row:
         chosen = row["chosen"]
+        if "score_chosen" in row or "score_rejected" in row:
+            return "ultrafeedback"
+        if isinstance(row.get("prompt"), str) and isinstance(chosen, list):
+            return "ultrafeedback"
         if "prompt" not in row and isinstance(chosen, str) and ASSISTANT in chosen:
             return "hh"
         return "trl"
     return None
+
+
+def _mixed_layout(row: dict, fmt: str, location: str, first: str | None) -> None:
+    """A row bad in the file's layout `fmt` but good in another: the file mixes layouts; refuse it whole."""
+    other = detect_format(row)
+    if other is None or other == fmt:
+        return
+    try:
+        PARSERS[other](row)
+    except RowRejected:
+        return  # bad in every layout: an ordinary bad row of this file
+    since = f"from {first}" if first else "--format"
+    raise UserError(
+        f"{location}: this row is a valid {other} row (fields {', '.join(sorted(row))}), but the file's layout is "
+        f"{fmt} ({since}): a file mixing layouts is refused, nothing imported; split it into one file per layout "
+        f"(or import this file with --format {other} if it is all {other})"
+    )
 
 
 def read_preference_file(path: str | Path, fmt: str = "auto") -> ImportReport:
@@ -163,6 +199,7 @@ def read_preference_file(path: str | Path, fmt: str = "auto") -> ImportReport:
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: expected auto or one of {', '.join(FORMATS)}")
     report = ImportReport(str(path), None if fmt == "auto" else fmt)
+    first = None  # where the layout was detected
     for location, split, row in iter_rows(path):
         report.rows_read += 1
         try:
@@ -175,11 +212,20 @@ def read_preference_file(path: str | Path, fmt: str = "auto") -> ImportReport:
                 if report.format is None:
                     raise RowRejected(
                         "(row)",
-                        "unknown format: expected chosen/rejected (HH, TRL) or completions (UltraFeedback) fields, "
-                        f"got {', '.join(sorted(row)) or 'no fields'}",
+                        "unknown format: expected chosen/rejected (HH, TRL, binarized UltraFeedback) or completions "
+                        f"(UltraFeedback) fields, got {', '.join(sorted(row)) or 'no fields'}",
                     )
-            prompt, responses, ranks = PARSERS[report.format](row)
-            report.records.append(PreferenceRecord(prompt, responses, ranks, location, split))
+                first = location
+            try:
+                prompt, responses, ranks = PARSERS[report.format](row)
+            except RowRejected:
+                _mixed_layout(row, report.format, location, first)
+                raise
+            messages = prompt if isinstance(prompt, list) else None
+            text = render_messages(messages) if messages else prompt
+            pid = row.get("prompt_id")
+            pid = str(pid) if isinstance(pid, (str, int)) and not isinstance(pid, bool) else None
+            report.records.append(PreferenceRecord(text, responses, ranks, location, split, messages, pid))
         except RowRejected as e:
             report.errors.append(RowError(location, e.field, e.reason))
     return report
@@ -274,7 +320,9 @@ def _score(value: Any, name: str) -> float:
     return x
 
 
-def parse_ultrafeedback(row: dict) -> tuple[str, list[str], list[int]]:
+def parse_ultrafeedback(row: dict) -> tuple[str | list[dict], list[str], list[int]]:
+    if "completions" not in row and ("chosen" in row or "rejected" in row):
+        return parse_ultrafeedback_binarized(row)
     key = "instruction" if "instruction" in row else "prompt"
     prompt = row.get(key)
     if not isinstance(prompt, str):
@@ -299,6 +347,52 @@ def parse_ultrafeedback(row: dict) -> tuple[str, list[str], list[int]]:
     return prompt, texts, ranks
 
 
+def parse_ultrafeedback_binarized(row: dict) -> tuple[str | list[dict], list[str], list[int]]:
+    """Binarized UltraFeedback: the prompt is the `prompt` string when the shared turns are one user turn, else the
+    shared turns as messages; each response is the one assistant turn after them; ranks from the two scores."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        raise RowRejected("prompt", "missing or not a string (binarized UltraFeedback: the user's request as text)")
+    for key in ("chosen", "rejected"):
+        if not isinstance(row.get(key), list):
+            raise RowRejected(key, "expected a list of messages [{'role', 'content'}, ...] that repeats the "
+                              f"conversation, got {type(row.get(key)).__name__}")
+    chosen, rejected = _messages(row["chosen"], "chosen"), _messages(row["rejected"], "rejected")
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    shared = chosen[:n]
+    if not any(m["role"] == "user" for m in shared):
+        raise RowRejected("chosen[0]", "chosen and rejected share no user turn; both must repeat the conversation "
+                          "(at least the user turn) before their assistant turn")
+    if prompt.strip() not in {m["content"].strip() for m in shared if m["role"] == "user"}:
+        raise RowRejected("prompt", "matches none of the user turns that chosen and rejected share; fix the prompt "
+                          "or the messages")
+    responses = []
+    for key, msgs in (("chosen", chosen), ("rejected", rejected)):
+        rest = msgs[n:]
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            raise RowRejected(f"{key}[{n}]", f"expected one assistant turn after the {n} shared turns, got roles "
+                              f"{[m['role'] for m in rest]}; end both conversations with their one differing answer")
+        responses.append(rest[0]["content"])
+    sc, sr = row.get("score_chosen"), row.get("score_rejected")
+    if (sc is None) != (sr is None):
+        missing = "score_chosen" if sc is None else "score_rejected"
+        raise RowRejected(missing, "missing while the other score is given; give both scores or neither")
+    if sc is None:
+        ranks = [1, 2]  # no scores: the row's own chosen/rejected
+    else:
+        sc, sr = _score(sc, "score_chosen"), _score(sr, "score_rejected")
+        if sc < sr:
+            raise RowRejected("score_chosen", f"{sc:g} is below score_rejected {sr:g}, contradicting chosen/rejected; "
+                              "swap the two conversations or fix the scores")
+        ranks = [1, 1] if sc == sr else [1, 2]  # equal scores: a tie (the store's tie: no exported pair)
+    if responses[0] == responses[1]:
+        raise RowRejected("rejected", "identical to chosen: no preference to learn")
+    single = len(shared) == 1
+    return (prompt if single else shared), responses, ranks
+
+
 PARSERS = {"hh": parse_hh, "trl": parse_trl, "ultrafeedback": parse_ultrafeedback}
 
 
@@ -310,9 +404,20 @@ def check_pair_row(row: Any, where: str) -> dict:
     """Validate one exported preference row; UserError names the place and the field."""
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object")
+    conversational = isinstance(row.get("prompt"), list)
     for key in ("prompt", "chosen", "rejected"):
-        if not isinstance(row.get(key), str):
-            raise UserError(f"{where}: field '{key}' must be a string")
+        value = row.get(key)
+        if conversational:
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value):
+                raise UserError(f"{where}: field '{key}' must be a list of messages {{'role', 'content'}} (the prompt "
+                                "is conversational)")
+        elif not isinstance(value, str):
+            raise UserError(f"{where}: field '{key}' must be a string (or, for all three, a list of messages)")
+    weight = row.get("weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+        raise UserError(f"{where}: field 'weight' must be a number in [0, 1], got {weight!r}")
     agreement = row.get("agreement")
     if isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not 0 <= agreement <= 1:
         raise UserError(f"{where}: field 'agreement' must be a number in [0, 1], got {agreement!r}")

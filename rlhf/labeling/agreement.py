@@ -7,6 +7,8 @@
 - Cohen's kappa per labeler against the others: every (labeler, other rater) pair of ratings on a shared comparison
   is pooled into one two-rater table.
 - Gold accuracy: on gold tasks, the fraction of the gold ordered pairs the labeler ordered the same way.
+- Estimated accuracy: each labeler's P(vote right) from overlap and gold by a one-coin Dawid-Skene EM
+  (rlhf/labeling/reliability.py), with a rough standard error and the number of votes it rests on.
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ def report(store: Store) -> dict[str, Any]:
     fk, fk_m, fk_units = fleiss_kappa(ratings)
     kappas = per_labeler_kappa(ratings)
     gold = gold_accuracy(tasks, current)
+    from rlhf.labeling.reliability import estimate
+
+    rel = estimate(tasks, current)
     now = utcnow()
     labelers = []
     by_user: dict[str, list[JudgmentRecord]] = defaultdict(list)
@@ -154,6 +159,9 @@ def report(store: Store) -> dict[str, Any]:
                 "kappa_pairs": kappa_n,
                 "gold_accuracy": g_correct / g_total if g_total else None,
                 "gold_pairs": g_total,
+                "reliability": rel.labelers[name].accuracy if name in rel.labelers else None,
+                "reliability_stderr": rel.labelers[name].stderr if name in rel.labelers else None,
+                "reliability_evidence": rel.labelers[name].evidence if name in rel.labelers else 0,
             }
         )
     last_hour = sum(j.created_at >= now - timedelta(hours=1) for j in all_j)
@@ -173,5 +181,6 @@ def report(store: Store) -> dict[str, Any]:
         "fleiss_raters": fk_m,
         "fleiss_units": fk_units,
         "flagged": flagged,
+        "reliability": {k: v for k, v in rel.summary().items() if k != "labelers"},
         "simulation": store.get_meta("simulation"),
     }

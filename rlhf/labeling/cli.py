@@ -97,6 +97,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overlap", type=int, default=1, help="with --samples: labelers per task")
     p.add_argument("--labelers", type=int, default=3, help="number of noisy labelers")
     p.add_argument("--beta", default="5", help="BT inverse noise per labeler, comma-separated, cycled (default 5)")
+    p.add_argument("--flip", default="0", help="per labeler, comma-separated, cycled: probability that the labeler "
+                   "answers the opposite of what its noise model chose (a deliberately bad labeler; default 0)")
     p.add_argument("--length-bias", type=float, default=0.0, help="extra logit per 100 characters longer")
     p.add_argument("--random-clickers", type=int, default=0, help="extra labelers who answer at random")
     p.add_argument("--tie-threshold", type=float, default=0.0, help="pairwise: tie when gold scores differ less")
@@ -109,13 +111,22 @@ def register(subparsers: Any) -> None:
 
     p = cmd("import", "import preference files (HH, TRL, UltraFeedback; JSONL, Parquet or datasets folder)", import_)
     p.add_argument("files", type=Path, nargs="+")
-    p.add_argument("--format", default="auto", choices=("auto", "hh", "trl", "ultrafeedback"))
+    p.add_argument("--format", default="auto", choices=("auto", "hh", "trl", "ultrafeedback"),
+                   help="file layout (default auto: from the first row; a file mixing layouts is refused); "
+                   "ultrafeedback: raw (completions) or binarized (chosen/rejected messages, score_chosen/rejected)")
     p.add_argument("--strict", action="store_true", help="any bad row: import nothing from that file")
     p.add_argument("--overlap", type=int, default=0, help="also show imported tasks to N labelers (default 0)")
 
     p = cmd("export", "write consensus pairs (TRL JSONL), raw judgments and a meta JSON", export)
-    p.add_argument("--out", type=Path, required=True, help="e.g. runs/NAME/preferences.jsonl")
-    p.add_argument("--raw", type=Path, default=None, help="raw judgments file (default <out stem>.raw.jsonl)")
+    p.add_argument("--out", type=Path, required=True, help="e.g. runs/NAME/preferences.jsonl; with --format datasets "
+                   "or parquet a folder (e.g. runs/NAME/preferences_ds)")
+    p.add_argument("--raw", type=Path, default=None, help="raw judgments file (default <out stem>.raw.jsonl; jsonl only)")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "datasets", "parquet"),
+                   help="jsonl (default); datasets: a Dataset.save_to_disk folder; parquet: a folder with "
+                   "preferences.parquet; both with a dataset card README.md, raw judgments and meta")
+    p.add_argument("--weight", default="none", choices=("none", "reliability"),
+                   help="reliability: add a per-pair loss 'weight' = max(0, 2q-1) from the labelers' estimated "
+                   "accuracies (needs overlap or gold tasks; docs/labeling.md)")
 
     p = cmd("stats", "print progress and agreement as JSON", stats)
 
@@ -336,6 +347,12 @@ def simulate(args: argparse.Namespace) -> int:
         betas = [float(b) for b in str(args.beta).split(",") if b.strip()]
     except ValueError:
         raise UserError(f"--beta {args.beta!r}: expected numbers separated by commas, e.g. 2,5,10") from None
+    try:
+        flips = [float(f) for f in str(args.flip).split(",") if f.strip()]
+    except ValueError:
+        raise UserError(f"--flip {args.flip!r}: expected probabilities separated by commas, e.g. 0,0,0.3") from None
+    if not flips or not all(0.0 <= f <= 1.0 for f in flips):
+        raise UserError(f"--flip {args.flip!r}: each value must be a probability in [0, 1]")
     if not betas or args.labelers < 0 or args.random_clickers < 0 or args.labelers + args.random_clickers == 0:
         raise UserError("need at least one labeler: --labelers N (and --beta B1,B2,...) or --random-clickers N")
     if not 0.0 <= args.gold_rate <= 1.0:
@@ -346,6 +363,7 @@ def simulate(args: argparse.Namespace) -> int:
         SimLabeler(
             f"{args.name_prefix}-{n + 1}",
             beta=betas[n % len(betas)],
+            flip=flips[n % len(flips)],
             length_bias=args.length_bias,
             tie_threshold=args.tie_threshold,
         )
@@ -395,18 +413,29 @@ def export(args: argparse.Namespace) -> int:
     from rlhf.labeling.export import export as run_export
     from rlhf.labeling.export import meta_path
 
-    check_output(args.out, "file", "--out")  # before the store is read: a folder or read-only path fails now
+    folder = args.format != "jsonl"
+    if folder and args.raw:
+        raise UserError(f"--raw: with --format {args.format} the raw judgments go into the --out folder "
+                        "(preferences.raw.jsonl); drop --raw")
+    check_output(args.out, "dir" if folder else "file", "--out")  # before the store is read
     if args.raw:
         check_output(args.raw, "file", "--raw")
-    meta = run_export(_store(args, create=False), args.out, args.raw)
+    meta = run_export(_store(args, create=False), args.out, args.raw, fmt=args.format, weight=args.weight)
     c = meta["counts"]
     acc = meta["bayes_accuracy"]
+    where = f"the folder {args.out} (with README.md, raw judgments and meta)" if folder else (
+        f"{args.out} ({c['raw_judgments']} raw judgments to {meta['files']['raw']}, meta to {meta_path(args.out).name})")
+    rel = meta["reliability"]
     print(
-        f"wrote {c['pairs']} pairs to {args.out} ({c['raw_judgments']} raw judgments to {meta['files']['raw']}, "
-        f"meta to {meta_path(args.out).name}); {c['no_consensus']} comparisons without consensus, "
+        f"wrote {c['pairs']} pairs to {where}; {c['no_consensus']} comparisons without consensus, "
         f"{c['gold_tasks_excluded']} gold and {c['flagged_tasks_excluded']} flagged tasks left out"
         + ("" if acc is None else f"; Bayes-optimal accuracy {acc:.4f}")
+        + (f"; weights: mean {rel['mean_weight']:.3f}, {rel['pairs_against_posterior']} pairs at 0 (posterior "
+           "against the vote)" if "mean_weight" in rel else "")
     )
+    if args.weight == "reliability" and rel["no_evidence"]:
+        print(f"note: no overlap or gold for {', '.join(rel['no_evidence'])}: their votes use the mean estimated "
+              f"accuracy {rel['fallback_accuracy']:.3f}", file=sys.stderr)
     return 0
 
 

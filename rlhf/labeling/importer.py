@@ -1,6 +1,11 @@
 """Import preference files into the store: each record becomes a task (pairwise for 2 responses, else ranking)
 plus one judgment by the pseudo-user "import:<file name>", so imported and collected labels export the same way.
-Re-importing a file adds nothing new (judgments are keyed by a hash of their content)."""
+Re-importing a file adds nothing new (judgments are keyed by a hash of their content).
+
+Layouts and their rules are in rlhf/data/preferences.py (hh, trl, ultrafeedback raw and binarized). A multi-turn
+prompt is stored as its rendered text (what the store de-duplicates and shows) with the messages themselves in
+the task's source ("prompt_messages"), from which the export writes conversational rows. A tie (equal scores) is
+stored as the store's tie: a pairwise "tie" judgment, a vote of 0 that exports no pair."""
 
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ def import_file(
     for rec in report.records:
         kind = "pairwise" if len(rec.responses) == 2 else "ranking"
         source = {"file": path.name, "location": rec.location, "format": report.format, "split": rec.split}
+        if rec.prompt_id is not None:
+            source["prompt_id"] = rec.prompt_id
+        if rec.prompt_messages is not None:
+            source["prompt_messages"] = rec.prompt_messages
         spec = TaskSpec(kind, rec.prompt, rec.responses, source, overlap)
         digest = hashlib.sha256(json.dumps([rec.prompt, rec.responses, rec.ranks]).encode("utf-8")).hexdigest()
         items.append((spec, rec.ranks, f"import-{digest[:40]}"))

@@ -2,10 +2,13 @@
 
 Noise model (Bradley-Terry): for responses a, b with gold scores g_a, g_b and lengths len_a, len_b (characters),
     logit = beta * (g_a - g_b) + length_bias * (len_a - len_b) / 100,   P(a preferred over b) = sigmoid(logit)
-A random clicker has logit 0. A pairwise task whose gold scores differ by less than `tie_threshold` is answered
-"tie" (deterministically; random clickers never tie). A ranking is the order of the noisy utilities
-beta * g + length_bias * len / 100 + Gumbel noise (Plackett-Luce): the difference of two Gumbels is logistic, so
-every pair inside a ranking has exactly the Bradley-Terry probability above. Simulated rankings have no ties.
+A random clicker has logit 0. A labeler with `flip` f answers the other way with probability f (a deliberately
+bad labeler: P(a preferred) = (1 - f) sigmoid(logit) + f (1 - sigmoid(logit)); a ranking is reversed with
+probability f, so every pair in it flips with probability f). A pairwise task whose gold scores differ by less than
+`tie_threshold` is answered "tie" (deterministically; random clickers never tie). A ranking is the order of the
+noisy utilities beta * g + length_bias * len / 100 + Gumbel noise (Plackett-Luce): the difference of two Gumbels is
+logistic, so every pair inside a ranking has exactly the Bradley-Terry probability above. Simulated rankings have
+no ties.
 
 Because the noise is known, the best accuracy any reward model can reach on the exported comparisons is known too:
 for each exported pair, q = P(the consensus of its voters picks response i | some side wins), and
@@ -44,6 +47,7 @@ class SimLabeler:
     length_bias: float = 0.0  # extra logit per 100 characters that one response is longer
     random_clicker: bool = False
     tie_threshold: float = 0.0  # pairwise: "tie" when |g_a - g_b| < this
+    flip: float = 0.0  # probability of answering the opposite (pairwise) / the reversed order (ranking)
 
     def utility(self, score: float, text: str) -> float:
         if self.random_clicker:
@@ -55,6 +59,7 @@ class SimLabeler:
         if kind == "pairwise" and not self.random_clicker and abs(g_a - g_b) < self.tie_threshold:
             return 0.0, 0.0, 1.0
         p = sigmoid(self.utility(g_a, text_a) - self.utility(g_b, text_b))
+        p = (1.0 - self.flip) * p + self.flip * (1.0 - p)
         return p, 1.0 - p, 0.0
 
     def answer(self, shown: Shown, scores: list[float], rng: random.Random) -> Answer:
@@ -65,13 +70,15 @@ class SimLabeler:
             p_a, _p_b, p_tie = self.vote_probs("pairwise", scores[0], scores[1], texts[0], texts[1])
             if p_tie == 1.0:
                 return Answer(shown.assignment_id, client_id, choice="tie")
-            choice = "A" if rng.random() < p_a else "B"
+            choice = "A" if rng.random() < p_a else "B"  # p_a includes the flip
             logit = abs(self.utility(scores[0], texts[0]) - self.utility(scores[1], texts[1]))
             strength = "much_better" if logit >= 3 else "better" if logit >= 1 else "slightly_better"
             return Answer(shown.assignment_id, client_id, choice=choice, strength=strength)
         # Gumbel-max trick: sorting utility + Gumbel(0, 1) noise samples a Plackett-Luce ranking.
         noisy = [self.utility(g, t) - math.log(-math.log(rng.random() or 1e-300)) for g, t in zip(scores, texts)]
         order = sorted(range(len(noisy)), key=lambda p: -noisy[p])
+        if self.flip and rng.random() < self.flip:
+            order.reverse()  # every pair of a reversed ranking flips: P(a over b) = (1-f) p + f (1-p), as vote_probs
         ranks = [0] * len(noisy)
         for rank, p in enumerate(order, start=1):
             ranks[p] = rank

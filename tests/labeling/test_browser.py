@@ -99,6 +99,9 @@ def test_label_with_keyboard_then_admin_exports(browser, thread_server, tmp_path
         expect(apage.locator("#fleiss")).to_have_text(re.compile(r"^-?\d\.\d{3}$"))
         expect(apage.locator("#labelers tbody tr")).to_have_count(3)
         expect(apage.locator("#labelers .kappa").first).to_have_text(re.compile(r"^-?\d\.\d{3}$"))
+        # estimated accuracy (one-coin Dawid-Skene over the overlap): every labeler here shares tasks with others
+        expect(apage.locator("#labelers .reliability")).to_have_text([re.compile(r"^\d\.\d{3} ± \d\.\d{2}$")] * 3)
+        expect(apage.locator("#reliability-note")).to_contain_text("comparisons with overlap or gold")
         apage.screenshot(path=str(artifacts_dir / "admin_page.png"), full_page=True)
         with apage.expect_download() as download:
             apage.click("#export-pairs")
