@@ -308,7 +308,8 @@ def preference_loss(rewards: torch.Tensor, batch: dict[str, torch.Tensor], use_m
                     center_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """rewards: (U,) one per distinct response of the batch; batch: `collate_pairs` output. Returns (loss, stats).
 
-    loss = mean over the batch's pairs of the per-pair term (Bradley-Terry for preferences, the tie term for ties)
+    loss = mean over the batch's pairs of the per-pair term (Bradley-Terry for preferences, times the pair's
+           `weight` when the rows have one; the tie term for ties)
            + center_coef * mean(rewards)^2. stats: loss, accuracy, margin_mean (preference pairs), tie_loss (ties),
     reward_mean."""
     tie = batch["tie"]
@@ -321,6 +322,10 @@ def preference_loss(rewards: torch.Tensor, batch: dict[str, torch.Tensor], use_m
         margin = batch["margin"][pref] if use_margin else None
         # Ouyang et al. 2022 eq. 1; margin from Touvron et al. 2023 (Llama 2)
         bt, s = pairwise_loss(chosen[pref], rejected[pref], margin)
+        if "weight" in batch and bool((batch["weight"][pref] != 1).any()):
+            # per-pair weights (rows' "weight", `rlhf label export --weight reliability`): -mean(w * logsigmoid(d))
+            d = chosen[pref] - rejected[pref] - (margin if margin is not None else 0.0)
+            bt = -(batch["weight"][pref] * torch.nn.functional.logsigmoid(d)).mean()
         loss = loss + bt * (pref.sum() / n)
         stats.update(loss=bt.detach(), accuracy=s["accuracy"], margin_mean=s["margin_mean"])
     if tie.any():

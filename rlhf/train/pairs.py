@@ -3,7 +3,9 @@ distinct token sequences, the held-out split, group-packed batches in a seeded o
 
 Input rows (what `rlhf label export` writes; see rlhf/data/preferences.py):
     {"prompt", "chosen", "rejected", "margin"?, "agreement"?, "group_id"?, "split"?: "train"|"heldout", "tie"?,
-     "chosen_ended"?, "rejected_ended"?}
+     "chosen_ended"?, "rejected_ended"?, "weight"?}
+(a null value is read as the key's absence, as a `datasets`/Parquet export stores it; "weight" >= 0 is the pair's
+weight in the reward loss, 1 when absent: `rlhf label export --weight reliability`)
 or Anthropic-HH rows {"chosen", "rejected"} with full transcripts (the shared prefix becomes the prompt), or TRL
 conversational rows (lists of messages). Pairs with one `group_id` come from one k-wise ranking: they always share a
 batch, and each distinct response of a batch is forwarded once (InstructGPT, Ouyang et al. 2022, sec. 3.5).
@@ -41,6 +43,7 @@ class Pair:
     group: str  # pairs of one ranking share a group; a plain pair is its own group
     split: str | None
     where: str  # file:line, for messages
+    weight: float | None = None  # the pair's loss weight (the reward stage), None = 1
 
 
 class Skip(Exception):
@@ -117,6 +120,9 @@ def parse_row(row: dict[str, Any], where: str, table: SequenceTable, ties: str) 
         else:
             prompt, chosen, rejected = split_shared_prefix(row["chosen"], row["rejected"])
     margin, agreement = _number(row, "margin", where), _number(row, "agreement", where)
+    weight = _number(row, "weight", where)
+    if weight is not None and weight < 0:
+        raise UserError(f"{where}: field 'weight' must be >= 0, got {weight}")
     if agreement is not None and not 0 <= agreement <= 1:
         raise UserError(f"{where}: field 'agreement' must be in [0, 1], got {agreement}")
     split = row.get("split")
@@ -136,14 +142,14 @@ def parse_row(row: dict[str, Any], where: str, table: SequenceTable, ties: str) 
     # PPO scores a cut-off rollout (absent: ended, so other formats keep working).
     ended = {}
     for key in ("chosen_ended", "rejected_ended"):
-        ended[key] = row.get(key, True)
+        ended[key] = True if row.get(key) is None else row[key]
         if not isinstance(ended[key], bool):
             raise UserError(f"{where}: field '{key}' must be true or false, got {ended[key]!r}")
     if tie and ties == "skip":
         raise Skip("tie (ties: skip)")
     return Pair(table.add(prompt, chosen, ended["chosen_ended"]), table.add(prompt, rejected, ended["rejected_ended"]),
                 margin, agreement, tie,
-                f"group:{group_id}" if group_id is not None else f"row:{where}", split, where)
+                f"group:{group_id}" if group_id is not None else f"row:{where}", split, where, weight)
 
 
 def _conversational(row: dict[str, Any], where: str) -> tuple[list, list, list]:
@@ -260,6 +266,7 @@ def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[
     """One right-padded row per distinct sequence of the batch (U rows); chosen/rejected (P,) index those rows.
 
     Returns input_ids, attention_mask (U, T); chosen, rejected (P,) long; margin (P,) float (0 where absent);
+    weight (P,) float (1 where absent);
     tie (P,) bool; group (U,) long, the row's prompt group (for `shared_prefix_layout`); prompt_len (U,) long, the
     prompt tokens at the start of each row; seq (U,) long, each row's index in the table."""
     rows: dict[int, int] = {}
@@ -275,6 +282,7 @@ def collate_pairs(pairs: list[Pair], table: SequenceTable, pad_id: int) -> dict[
             "rejected": torch.tensor([rows[p.rejected] for p in pairs]),
             "margin": torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32),
             "tie": torch.tensor([p.tie for p in pairs], dtype=torch.bool),
+            "weight": torch.tensor([1.0 if p.weight is None else p.weight for p in pairs], dtype=torch.float32),
             "group": torch.tensor([row_group[r] for r in range(len(rows))]),
             "prompt_len": torch.tensor([table.prompt_lens[i] for i in rows], dtype=torch.long),
             "seq": torch.tensor(list(rows), dtype=torch.long)}
