@@ -38,7 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # second 135M model would double PPO's training time on a CPU.
     "smollm2": dict(n_reviews=2000, model="smollm2-135m-instruct", sft_steps=40, batch_size=8, lr=3e-4,
                     sft_lora_r=16, max_length=80, sample_prompts=128, sample_batch=32, k=4, max_new_tokens=24,
-                    labelers=4, beta="2.5", rm_epochs=2, rm_batch=8, rm_lr=5e-4, rm_lora_r=16, rm_eval_every=40,
+                    labelers=4, overlap=3, beta="2.5", rm_epochs=2, rm_batch=8, rm_lr=5e-4, rm_lora_r=16,
+                    rm_eval_every=40,
                     ppo_updates=12, ppo_batch=16, ppo_lr=5e-4, kl_coef=0.05, missing_eos_penalty=-1.0, ppo_epochs=2,
                     ppo_minibatches=4, ppo_lora_r=16, shared_value_head=True, ppo_save_every=6, ppo_log_every=4,
                     eval_prompts=128, eval_batch=32, sft_eval_batches=4, sft_save_every=0),
@@ -288,7 +289,8 @@ def seeds_markdown(table: dict[str, Any]) -> str:
 
 def _label(out: Path, samples: Path, prefs: Path, p: dict[str, Any], seed: int) -> None:
     """The K samples become ranking tasks in the label store; simulated labelers (gold judge + Bradley-Terry noise,
-    inverse noise `beta`) answer them, 20% of tasks held out; the consensus pairs are exported (`rlhf label
+    inverse noise `beta`) answer them, `overlap` labelers per task (1 unless the preset says), 20% of tasks held
+    out; the consensus pairs are exported (`rlhf label
     simulate` and `rlhf label export` do the same through their options)."""
     from rlhf.labeling.cli import read_samples
     from rlhf.labeling.export import export
@@ -300,7 +302,7 @@ def _label(out: Path, samples: Path, prefs: Path, p: dict[str, Any], seed: int) 
         from rlhf.models.loading import load_tokenizer
 
         samples = render_samples_for_labeling(samples, out / "samples_rendered.jsonl", load_tokenizer(out / "sft"))
-    specs, errors, _ = read_samples(samples, "ranking", 1, "disjoint")
+    specs, errors, _ = read_samples(samples, "ranking", p.get("overlap", 1), "disjoint")
     if errors:
         raise UserError(f"{len(errors)} bad rows in {samples}, nothing labeled (first: {errors[0]})")
     store = Store(str(out / "labels.db"))

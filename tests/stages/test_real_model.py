@@ -176,3 +176,5 @@ def test_cpu_config_file_is_the_smollm2_preset():
         p["ppo_lora_r"], p["shared_value_head"], p.get("missing_eos_penalty"), p["max_new_tokens"])
     e = load_config(evaluate.EvalConfig, path, {}, section="eval")
     assert (e.n_prompts, e.batch_size) == (p["eval_prompts"], p["eval_batch"])
+    label = next(line for line in path.read_text().splitlines() if "--overlap" in line)  # the labeling step's line
+    assert f"--overlap {p['overlap']} --labelers {p['labelers']} --beta {p['beta']}" in label
