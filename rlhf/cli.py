@@ -14,7 +14,7 @@ import sys
 
 from rlhf import __version__
 from rlhf.errors import UserError
-from rlhf.stages.registry import STAGES, config_class  # the stage registry: add a stage there (one line)
+from rlhf.stages.registry import POSITIONAL, STAGES, config_class  # the stage registry: add a stage there (one line)
 
 # name -> (module with register(subparsers), help)
 GROUPS: dict[str, tuple[str, str]] = {
@@ -36,6 +36,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         if name == command:
             add_config_arguments(p, config_class(name))
+            if name in POSITIONAL:
+                p.add_argument(f"pos_{POSITIONAL[name]}", nargs="?", default=None, metavar=POSITIONAL[name].upper(),
+                               help=f"the same as --{POSITIONAL[name]}")
             p.add_argument("--dry-run", action="store_true", help="print the plan and per-GPU memory estimate of the "
                            "--config recipe (configs/recipes/) and exit; nothing is loaded or downloaded")
     for name, (module, help_) in GROUPS.items():
@@ -66,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(args.config)
         from rlhf.config import load_config, overrides_from_args
 
-        cfg = load_config(config_class(args.command), args.config, overrides_from_args(args), section=args.command)
-        importlib.import_module(STAGES[args.command].module).run(cfg)
-        return 0
+        overrides = overrides_from_args(args)
+        positional = POSITIONAL.get(args.command)
+        if positional and getattr(args, f"pos_{positional}", None) is not None:
+            overrides.setdefault(positional, getattr(args, f"pos_{positional}"))
+        cfg = load_config(config_class(args.command), args.config, overrides, section=args.command)
+        module = importlib.import_module(STAGES[args.command].module)
+        out = module.run(cfg)
+        status = getattr(module, "exit_status", None)  # e.g. `rlhf monitor`: 1 on a severe finding
+        return int(status(out)) if status is not None else 0
     except UserError as e:
         print(f"rlhf: error: {e}", file=sys.stderr)
         return 2

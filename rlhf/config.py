@@ -232,9 +232,11 @@ def _add_fields(group: Any, fields: list[dataclasses.Field], types_: dict[str, A
         choices = choices_of(types_[f.name])
         metavar = "{" + ",".join(show_choice(c) for c in choices) + "}" if choices else "V"
         help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
+        # a bool option alone means true (`--json`); `--json false` still works
+        flag_only = {"nargs": "?", "const": "true"} if _base_type(types_[f.name])[0] is bool else {}
         # argparse %-formats help strings ('%(default)s'): a literal % ("~30%% slower") must be doubled
         group.add_argument(*flags, dest=f"cfg_{f.name}", default=None, metavar=metavar,
-                           help=help_.replace("%", "%%"))
+                           help=help_.replace("%", "%%"), **flag_only)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

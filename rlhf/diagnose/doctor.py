@@ -80,7 +80,6 @@ STYLE = {SEVERE: "bold white on red", WARNING: "bold black on yellow", INFO: "bo
 def render(d: Diagnosis, console: Any) -> None:
     """A readable terminal report (rich): the stages found, then each finding with evidence, why and fix."""
     from rich.markup import escape
-    from rich.panel import Panel
     from rich.table import Table
 
     overview = Table(title=f"rlhf doctor: {escape(str(d.path))}", title_justify="left", show_edge=False)
@@ -100,17 +99,26 @@ def render(d: Diagnosis, console: Any) -> None:
         if f.steps:
             unit = "update" if kinds.get(f.stage) in ON_POLICY else "step"
             steps = f" ({unit} {f.steps[0]})" if f.steps[0] == f.steps[1] else f" ({unit}s {f.steps[0]}-{f.steps[1]})"
-        body = Table.grid(padding=(0, 1))
-        body.add_column(style="bold", no_wrap=True)
-        body.add_column()
-        for label, text in (("evidence", f.evidence), ("why", f.why), ("fix", f.fix)):
-            body.add_row(label, escape(text))
-        title = f"[{STYLE[f.severity]}] {f.severity.upper()} [/] {escape(f.stage)}: {escape(f.title)}{steps}"
-        console.print(Panel(body, title=title, title_align="left", subtitle=f.rule, subtitle_align="right",
-                            border_style="red" if f.severity == SEVERE else "yellow" if f.severity == WARNING
-                            else "blue"))
+        render_finding(f, console, steps)
     c = d.counts()
     if not d.findings:
         console.print("[green]No problems found.[/]")
     else:
         console.print(f"{c[SEVERE]} severe, {c[WARNING]} warning(s), {c[INFO]} info")
+
+
+def render_finding(f: Finding, console: Any, steps: str = "") -> None:
+    """One finding as a panel: evidence, why, fix (`rlhf doctor` and `rlhf monitor`)."""
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+
+    body = Table.grid(padding=(0, 1))
+    body.add_column(style="bold", no_wrap=True)
+    body.add_column()
+    for label, text in (("evidence", f.evidence), ("why", f.why), ("fix", f.fix)):
+        body.add_row(label, escape(text))
+    title = f"[{STYLE[f.severity]}] {f.severity.upper()} [/] {escape(f.stage)}: {escape(f.title)}{steps}"
+    console.print(Panel(body, title=title, title_align="left", subtitle=f.rule, subtitle_align="right",
+                        border_style="red" if f.severity == SEVERE else "yellow" if f.severity == WARNING
+                        else "blue"))

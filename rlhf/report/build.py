@@ -79,6 +79,9 @@ def sections(d: Diagnosis) -> list[Section]:
             out.append(dpo_section(s))
         elif s.kind == "eval":
             out.append(eval_section(s, show_rm=not any(x.kind == "reward" for x in d.stages)))
+    monitor = monitor_section(Path(d.path) / "monitor")
+    if monitor is not None:
+        out.append(monitor)
     return out
 
 
@@ -265,6 +268,41 @@ def eval_section(s: Stage, show_rm: bool = True) -> Section:
     samples = _eval_samples(s, sec)
     if samples is not None:
         sec.tables.append(samples)
+    return sec
+
+
+def monitor_section(folder: Path) -> Section | None:
+    """`rlhf monitor`'s last report (RUN/monitor/monitor.json): each window's signals, then its findings."""
+    from rlhf.diagnose.monitor import read_report
+
+    m = read_report(folder)
+    if m is None:
+        return None
+    sec = Section("monitor", "Monitoring after deployment (rlhf monitor)", "monitor")
+    sec.notes.append(f"log {m.get('log')} ({m.get('rows')} rows) against {(m.get('baseline') or {}).get('source')}; "
+                     f"policy {(m.get('models') or {}).get('policy')}; d = standardised mean difference "
+                     "(docs/monitor.md)")
+
+    def cell(w: dict[str, Any], key: str, value: str) -> str:
+        sev = (w.get(key) or {}).get("severity")
+        return f"{value} ({sev})" if sev else value
+
+    rows = []
+    for w in m.get("windows") or []:
+        pj, sup, fb = w.get("prompt_jsd") or {}, w.get("outside_support"), w.get("feedback_agreement")
+        rows.append([str(w.get("window")), str(w.get("n"))]
+                    + [cell(w, k, _fmt((w.get(k) or {}).get("smd"))) for k in ("reward", "kl", "logp", "length")]
+                    + [cell(w, "distinct2", _fmt((w.get("distinct2") or {}).get("relative_change"))),
+                       cell(w, "prompt_jsd", f"{_fmt(pj.get('value'))} / {_fmt(pj.get('threshold'))}"),
+                       cell(w, "outside_support", _fmt(sup.get("value"))) if sup else "-",
+                       cell(w, "feedback_agreement", _fmt(fb.get("auc"))) if fb else "-"])
+    sec.tables.append(Table("Signals per window", ["window", "rows", "reward d", "KL d", "log-prob d", "length d",
+                                                   "distinct-2 change", "prompt JSD / limit", "outside support",
+                                                   "feedback AUC"], rows))
+    found = [[str(f.get("severity")), _text(f.get("title")), _text(f.get("evidence")), _text(f.get("fix"))]
+             for f in m.get("findings") or []]
+    sec.tables.append(Table("Findings", ["severity", "finding", "evidence", "fix"], found or [["-", "no drift found",
+                                                                                            "", ""]], (1, 2, 3)))
     return sec
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from rlhf.artifacts import write_summary  # noqa: F401  (re-exported: the one summary.json writer, with kind)
+from rlhf.errors import UserError
 from rlhf.io import check_output
 from rlhf.train.accelerator import make_accelerator  # noqa: F401  (re-exported: moved to rlhf.train)
 from rlhf.train.checkpoint import (  # noqa: F401
@@ -94,3 +95,14 @@ class Timer:
         t = time.perf_counter()
         dt, self.t0 = t - self.t0, t
         return dt
+
+
+def check_tokenizers(tok: Any, others: dict[str, str], policy: str) -> None:
+    """Responses are passed as token ids to every model: all must use the policy's vocabulary."""
+    from rlhf.models.loading import load_tokenizer
+
+    vocab = tok.get_vocab()
+    for field_name, path in others.items():
+        if path != policy and load_tokenizer(path).get_vocab() != vocab:
+            raise UserError(f"config field '{field_name}': '{path}' uses a different tokenizer than the policy "
+                            f"'{policy}'; compare models trained from the same SFT model (same token ids)")

@@ -32,7 +32,7 @@ from rlhf.errors import UserError
 from rlhf.io import atomic_write_text, write_jsonl
 from rlhf.models.data_source import read_rows
 from rlhf.models.prompts import encode_prompts
-from rlhf.stages.common import console, progress, say, set_seed, stage_outputs, write_summary
+from rlhf.stages.common import check_tokenizers, console, progress, say, set_seed, stage_outputs, write_summary
 
 DEFAULT_TEMPERATURE = 0.7  # PPO's default: eval samples the way the policy was trained to be sampled
 DEFAULT_MAX_NEW_TOKENS = 48
@@ -443,17 +443,6 @@ def load_models(cfg: EvalConfig, device: torch.device) -> tuple[Any, dict[str, A
         if path not in models:
             models[path] = load_causal_lm(path, cfg.dtype).to(device).eval().requires_grad_(False)
     return tok, models
-
-
-def check_tokenizers(tok: Any, others: dict[str, str], policy: str) -> None:
-    """Responses are passed as token ids to every model: all must use the policy's vocabulary."""
-    from rlhf.models.loading import load_tokenizer
-
-    vocab = tok.get_vocab()
-    for field_name, path in others.items():
-        if path != policy and load_tokenizer(path).get_vocab() != vocab:
-            raise UserError(f"config field '{field_name}': '{path}' uses a different tokenizer than the policy "
-                            f"'{policy}'; compare models trained from the same SFT model (same token ids)")
 
 
 def read_rm_accuracy(cfg: EvalConfig) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 (rlhf.artifacts).
 
 To add a stage: one line below, `"name": Stage("rlhf.stages.module", "ConfigClass", "one-line help")`; the module
-has `ConfigClass` (a dataclass) and `run(cfg) -> Path`. Nothing here imports a stage, so `rlhf --help` stays quick.
+has `ConfigClass` (a dataclass) and `run(cfg) -> Path`, and may have `exit_status(out: Path) -> int` (the CLI's exit
+status after `run`; 0 without it). POSITIONAL names a stage's config field also accepted as its first positional
+argument (`rlhf monitor RUN` = `rlhf monitor --run RUN`). Nothing here imports a stage, so `rlhf --help` stays quick.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ STAGES: dict[str, Stage] = {
     "value-pretrain": Stage("rlhf.stages.value_pretrain", "ValuePretrainConfig", "fit the value model to the SFT "
                             "policy's returns before PPO (rlhf ppo --value OUT)"),
     "eval": Stage("rlhf.stages.evaluate", "EvalConfig", "compare a policy with the SFT baseline: reward, gold, KL, win rates"),
+    "monitor": Stage("rlhf.stages.monitor", "MonitorConfig", "drift of production traffic (a JSONL log) against "
+                     "the run's eval: reward, KL, length, diversity, prompts, ensemble support, user feedback"),
     "demo": Stage("rlhf.stages.demo", "DemoConfig", "the whole pipeline on the embedded demo task"),
 }
+
+POSITIONAL: dict[str, str] = {"monitor": "run"}  # stage -> config field also taken as the first positional argument
 
 
 def config_class(name: str) -> type:

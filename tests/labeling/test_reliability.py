@@ -126,6 +126,19 @@ def test_stats_and_export_show_and_use_the_estimates(tmp_path: Path, capsys: pyt
     assert [{k: v for k, v in r.items() if k != "weight"} for r in rows] == plain and "weight" not in plain[0]
 
 
+def test_cli_simulate_flip_makes_a_labeler_bad_and_checks_its_value(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = str(tmp_path / "labels.db")
+    assert main(["label", "simulate", "--db", db, "--labelers", "2", "--flip", "1.5"]) == 2
+    assert "--flip '1.5': each value must be a probability in [0, 1]" in capsys.readouterr().err
+    store, _ = _simulated_store(tmp_path)
+    assert main(["label", "simulate", "--db", db, "--labelers", "3", "--beta", "20", "--flip", "0,0,1",
+                 "--judge", "tests.labeling.test_reliability:_judge"]) == 0
+    meta = store.get_meta("simulation")
+    assert [lab["flip"] for lab in meta["labelers"]] == [0.0, 0.0, 1.0]
+    rel = estimate({t.id: t for t in store.tasks()}, store.judgments(current_only=True))
+    assert rel.labelers["sim-3"].accuracy < 0.2 < 0.8 < rel.labelers["sim-1"].accuracy  # always the wrong way
+
+
 def test_weight_reliability_needs_overlap_or_gold(tmp_path: Path) -> None:
     store, labelers = _simulated_store(tmp_path, overlap=1)
     simulate(store, labelers[:2], _judge, seed=0)
