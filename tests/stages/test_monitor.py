@@ -290,3 +290,19 @@ def test_statistics_against_hand_computed_cases():
     assert mon.parse_window("500") == ("rows", 500.0) and mon.parse_window("6h") == ("time", 21600.0)
     with pytest.raises(UserError):
         mon.parse_window("0")
+
+
+def test_log_rows_read_chat_messages_timestamps_and_feedback(tmp_path):
+    log = tmp_path / "log.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": "Review the hotel"}], "response": [{"role": "assistant",
+                                                                                        "content": "Lovely."}],
+             "timestamp": "2026-12-01T10:00:00", "user_feedback": "up"},
+            {"prompt": "The film", "response": "", "timestamp": 1796119200.5, "user_feedback": None},
+            {"prompt": "The lamp", "response": " broke.", "timestamp": "2026-12-01T11:00:00+01:00", "user_feedback": -1}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = mon.read_log(log)
+    assert [r.line for r in got] == [1, 2, 3] and [r.feedback for r in got] == [1, None, -1]
+    # no zone = UTC; 1796119200 = 2026-12-01T10:00:00Z; +01:00 is 10:00 UTC too
+    assert [r.timestamp for r in got] == [1796119200.0, 1796119200.5, 1796119200.0]
+    assert mon.text_of(got[0].prompt) == "Review the hotel" and got[1].response == ""
+    assert [n for n, _ in mon.windows(got, "1h")] == ["all", "2026-12-01T10:00:00Z/2026-12-01T11:00:00Z"]
