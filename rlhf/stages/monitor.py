@@ -47,7 +47,11 @@ class MonitorConfig(PrecisionOptions, RunOptions):
                       "(RUN/eval/config.yaml), else RUN/ppo: the run's PPO policy stands in for the deployed one")
     reward: str = opt("", "reward model folder; empty = the one the run's eval used, else RUN/reward")
     ref: str = opt("", "reference model for the KL; empty = the run's reference (the eval's, else the policy run's)")
-    baseline: str = opt("", "the run's eval samples (rlhf eval's samples.jsonl); empty = RUN/eval/samples.jsonl")
+    baseline: str = opt("", "the run's eval samples (rlhf eval's samples.jsonl); empty = RUN/eval/samples.jsonl; "
+                        "'sample' = sample the policy once on each of the run's held-out prompts now (a run "
+                        "without `rlhf eval`), written to OUT/baseline.jsonl")
+    baseline_prompts: int = opt(200, "with --baseline sample: the first N held-out prompts (0 = all)")
+    max_new_tokens: int | None = opt(None, "with --baseline sample: longest response; empty = the policy run's")
     window: str = opt("", "also test windows of the log: a row count (e.g. 500) or a duration over the "
                       "timestamps (e.g. 30m, 6h, 1d); empty = the whole log only")
     out: str = opt("", "output folder; empty = RUN/monitor")
@@ -68,6 +72,9 @@ class MonitorConfig(PrecisionOptions, RunOptions):
         check(self.batch_size >= 1, "batch_size", "must be >= 1", "use 1 or more")
         check(self.support_rows >= 0, "support_rows", "must be >= 0", "use 0 for all pairs")
         check(self.temperature is None or self.temperature > 0, "temperature", "must be > 0", "use the run's (0.7)")
+        check(self.baseline_prompts >= 0, "baseline_prompts", "must be >= 0", "use 0 for all held-out prompts")
+        check(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1",
+              "use the run's (e.g. 48)")
         mon.parse_window(self.window)  # a bad window is an error before any model is loaded
 
 
@@ -93,7 +100,6 @@ def run(cfg: MonitorConfig) -> Path:
     # 1. the log and the baseline: the run's eval samples of the evaluated policy on its held-out prompts
     rows = mon.read_log(cfg.log)
     windows = mon.windows(rows, cfg.window)  # a duration without timestamps is an error before any model loads
-    base = read_rows(cfg.baseline, required=("prompt", "policy"))
     train_prompts, heldout_prompts = run_prompts(Path(cfg.run), cfg)
 
     # 2. score the log and the baseline the same way: reward (+ members), log pi - log pi_ref, length
@@ -105,6 +111,9 @@ def run(cfg: MonitorConfig) -> Path:
     check_tokenizers(tok, {"ref": cfg.ref, "reward": reward.tokenizer_path}, cfg.policy)
     context = min(getattr(m.config.get_text_config(), "max_position_embeddings", None) or 10**9
                   for m in models.values())
+    if cfg.baseline == "sample":  # no eval samples: the policy's own, on the held-out prompts, sampled as eval does
+        cfg = dataclasses.replace(cfg, baseline=str(sample_baseline(cfg, tok, policy, device, context, out)))
+    base = read_rows(cfg.baseline, required=("prompt", "policy"))
     scorer = Scorer(tok, policy, ref, reward, cfg.temperature or DEFAULT_TEMPERATURE, cfg.batch_size, device,
                     context)
     log_items = [(r.prompt, r.response, f"{cfg.log}:{r.line}") for r in rows]
@@ -309,27 +318,66 @@ def resolve(cfg: MonitorConfig) -> MonitorConfig:
     if not reward:
         raise UserError(f"config field 'reward': {root} has no reward/ folder and its eval names none; pass --reward")
     baseline = cfg.baseline or str(root / "eval" / "samples.jsonl")
-    if not Path(baseline).is_file():
+    if baseline != "sample" and not Path(baseline).is_file():
         raise UserError(f"config field 'baseline': {baseline} does not exist, so there is no eval distribution to "
                         f"compare with; run `rlhf eval --policy {policy} --reward {reward}` first (it writes "
-                        "RUN/eval/samples.jsonl), or pass --baseline SAMPLES.jsonl")
+                        "RUN/eval/samples.jsonl), pass --baseline SAMPLES.jsonl, or --baseline sample to sample "
+                        "the policy on the run's held-out prompts now")
     temperature = cfg.temperature or ev.get("temperature") or trained.get("temperature") or DEFAULT_TEMPERATURE
+    max_new = cfg.max_new_tokens or trained.get("max_new_tokens") or ev.get("max_new_tokens") or 48
     return dataclasses.replace(cfg, policy=policy, ref=ref, reward=reward, baseline=baseline,
-                               out=cfg.out or str(root / "monitor"), temperature=float(temperature))
+                               out=cfg.out or str(root / "monitor"), temperature=float(temperature),
+                               max_new_tokens=int(max_new))
+
+
+def sample_baseline(cfg: MonitorConfig, tok: Any, policy: Any, device: torch.device, context: int, out: Path) -> Path:
+    """OUT/baseline.jsonl: one response of the policy per held-out prompt (the first `baseline_prompts`), at the
+    run's temperature and max_new_tokens, seeded, in rlhf eval's samples.jsonl columns (`prompt`, `policy`)."""
+    from rlhf.models.generation import decode_responses, generate, left_pad, stop_token_ids
+    from rlhf.models.prompts import encode_prompts
+
+    held = held_out_path(Path(cfg.run))
+    if held is None:
+        raise UserError("config field 'baseline': 'sample' needs the run's held-out prompts (the eval's prompts, or "
+                        "RUN/data/prompts_heldout.jsonl); pass --baseline SAMPLES.jsonl instead")
+    rows = read_rows(str(held), required=("prompt",))[: cfg.baseline_prompts or None]
+    max_new = int(cfg.max_new_tokens or 48)
+    encoded = encode_prompts(rows, tok, str(held), context, max_new)
+    eos = stop_token_ids(policy, tok)
+    texts: list[str] = []
+    for c, start in enumerate(range(0, len(encoded), cfg.batch_size)):
+        ids, mask = left_pad(encoded[start:start + cfg.batch_size], tok.pad_token_id)
+        torch.manual_seed(cfg.seed * 1_000_003 + c)
+        b = generate(policy, ids.to(device), mask.to(device), max_new_tokens=max_new,
+                     temperature=cfg.temperature or DEFAULT_TEMPERATURE, eos_token_id=eos,
+                     pad_token_id=tok.pad_token_id)
+        texts += decode_responses(tok, b, eos)
+    path = out / "baseline.jsonl"
+    write_jsonl(path, [{"prompt_id": str(r.get("prompt_id", i)), "prompt": r["prompt"], "policy": t}
+                       for i, (r, t) in enumerate(zip(rows, texts))])
+    say(f"[monitor] no eval samples: sampled the policy on {len(rows)} held-out prompts of {held} -> {path}")
+    return path
+
+
+def held_out_path(root: Path) -> Path | None:
+    ev = load_stage(root / "eval").config if (root / "eval" / "config.yaml").is_file() else {}
+    for p in (ev.get("prompts"), root / "data" / "prompts_heldout.jsonl"):
+        if p and Path(str(p)).is_file():
+            return Path(str(p))
+    return None
 
 
 def run_prompts(root: Path, cfg: MonitorConfig) -> tuple[list[str], list[str]]:
     """(training prompts, held-out prompts) as text: the policy run's `prompts` (else RUN/data/prompts_train.jsonl)
     and the eval's (else RUN/data/prompts_heldout.jsonl). Without held-out prompts, half the training prompts are
     held out for the calibration draws."""
-    ev = load_stage(root / "eval").config if (root / "eval" / "config.yaml").is_file() else {}
     train = policy_run(cfg.policy).get("prompts") or root / "data" / "prompts_train.jsonl"
-    held = ev.get("prompts") or root / "data" / "prompts_heldout.jsonl"
+    held = held_out_path(root)
     if not Path(str(train)).exists():
         raise UserError(f"{train}: the run's training prompts were not found (the prompt-shift reference); pass a run "
                         "folder whose policy run names its prompts")
     t = [mon.text_of(r["prompt"]) for r in read_rows(str(train), required=("prompt",))]
-    if Path(str(held)).exists():
+    if held is not None:
         return t, [mon.text_of(r["prompt"]) for r in read_rows(str(held), required=("prompt",))]
     random.Random(cfg.seed).shuffle(t)
     return t[: len(t) // 2], t[len(t) // 2:]

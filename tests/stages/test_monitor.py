@@ -263,7 +263,16 @@ def test_bad_options_and_missing_baseline(demo, tmp_path, capsys):
         (bare / sub).symlink_to(demo["run"] / sub)
     assert main(["monitor", str(bare), "--log", str(log), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "samples.jsonl does not exist" in err and "rlhf eval" in err
+    assert "samples.jsonl does not exist" in err and "rlhf eval" in err and "--baseline sample" in err
+    assert main(["monitor", str(bare), "--log", str(log), "--baseline", "sample", "--device", "cpu"]) == 2
+    assert "needs the run's held-out prompts" in capsys.readouterr().err
+    # with its held-out prompts, a run without eval is monitored against the policy sampled there now
+    (bare / "data").symlink_to(demo["run"] / "data")
+    rc = main(["monitor", str(bare), "--log", str(demo["own"]), "--baseline", "sample", "--baseline_prompts",
+               str(EVAL_PROMPTS), "--device", "cpu"])
+    r = json.loads((bare / "monitor" / "monitor.json").read_text())
+    assert rc == 0 and _drift(r) == {} and r["baseline_rows"] == EVAL_PROMPTS
+    assert r["baseline"]["source"] == str(bare / "monitor" / "baseline.jsonl")
     assert main(["monitor", "--log", str(log)]) == 2 and "no run folder given" in capsys.readouterr().err
 
 
