@@ -97,6 +97,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overlap", type=int, default=1, help="with --samples: labelers per task")
     p.add_argument("--labelers", type=int, default=3, help="number of noisy labelers")
     p.add_argument("--beta", default="5", help="BT inverse noise per labeler, comma-separated, cycled (default 5)")
+    p.add_argument("--mix-order", action="store_true", help="shuffle which labeler asks first each round, so that with "
+                   "--overlap the labelers share tasks with all the others (default: a fixed order, the same groups)")
     p.add_argument("--flip", default="0", help="per labeler, comma-separated, cycled: probability that the labeler "
                    "answers the opposite of what its noise model chose (a deliberately bad labeler; default 0)")
     p.add_argument("--length-bias", type=float, default=0.0, help="extra logit per 100 characters longer")
@@ -387,6 +389,7 @@ def simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         gold_rate=args.gold_rate,
         max_judgments=args.max_judgments,
+        mix_order=args.mix_order,
     )
     acc = meta["bayes_accuracy"]
     print(

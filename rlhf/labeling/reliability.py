@@ -13,7 +13,9 @@ EM (log-likelihood rises every step):
     M: a_l = (sum over l's votes of P(vote correct) + k - 1) / (votes + 2(k - 1)),  P(correct) = q_u or 1 - q_u
 with a Beta(k, k) prior on a_l (k = 2: Laplace's rule), which pulls a labeler with little evidence toward 1/2 and
 keeps logit(a_l) finite. EM starts from the soft majority vote, so it picks the labelling where most labelers are
-better than chance (the model cannot tell "everyone is right" from "everyone is wrong" otherwise). A comparison with
+better than chance (the model cannot tell "everyone is right" from "everyone is wrong" otherwise). The same holds
+for every group of labelers linked by shared comparisons (`groups`): two groups that never share a comparison and
+have no gold are each oriented only by that start, so mix who labels with whom (and add gold tasks). A comparison with
 one vote and no gold says nothing about its voter (its term in the M-step is the voter's own current accuracy), so
 only comparisons with >= 2 labelers or gold enter the fit: `evidence` counts those votes; a labeler with none has
 accuracy None.
@@ -69,6 +71,7 @@ class Reliability:
     ignored_votes: int  # tie / both-bad votes
     fallback_accuracy: float | None  # used in `posterior` for labelers without evidence (mean of the others)
     no_evidence: list[str] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)  # labelers linked by shared comparisons, and their gold votes
 
     def summary(self) -> dict:
         return {
@@ -77,7 +80,7 @@ class Reliability:
                              "gold_votes": e.gold_votes} for n, e in sorted(self.labelers.items())},
             "iterations": self.iterations, "converged": self.converged, "units_fitted": self.units_fitted,
             "gold_units": self.gold_units, "ignored_votes": self.ignored_votes,
-            "fallback_accuracy": self.fallback_accuracy, "no_evidence": self.no_evidence,
+            "fallback_accuracy": self.fallback_accuracy, "no_evidence": self.no_evidence, "groups": self.groups,
         }  # fmt: skip
 
 
@@ -90,7 +93,8 @@ def _sigmoid(x: float) -> float:
 
 
 def fit(votes: Mapping[Unit, list[tuple[str, int]]], truth: Mapping[Unit, int], *, prior_k: float = PRIOR_K,
-        max_iter: int = MAX_ITER, tol: float = TOL) -> tuple[dict[str, float], int, bool, int]:
+        max_iter: int = MAX_ITER, tol: float = TOL, start: Mapping[str, float] | None = None
+        ) -> tuple[dict[str, float], int, bool, int]:
     """The EM above on directional votes {unit: [(labeler, +1|-1)]} and gold orders {unit: +1|-1}.
     Returns ({labeler: accuracy} for labelers with evidence, iterations, converged, units fitted).
     Vectorised over votes (numpy): one iteration is two bincounts, so thousands of iterations take well under a
@@ -115,6 +119,10 @@ def fit(votes: Mapping[Unit, list[tuple[str, int]]], truth: Mapping[Unit, int], 
     # start: the soft majority vote (gold: the truth)
     q = (np.bincount(vote_unit, weights=(sign > 0), minlength=n_units) + 1) / (np.bincount(vote_unit, minlength=n_units) + 2)
     q = np.where(is_gold, gold_q, q)
+    if start is not None:  # start from given accuracies instead (an E-step first)
+        a0 = np.array([start.get(n, 0.5) for n in names])
+        lo = np.bincount(vote_unit, weights=sign * np.log(a0 / (1 - a0))[vote_lab], minlength=n_units)
+        q = np.where(is_gold, gold_q, 1.0 / (1.0 + np.exp(-lo)))
     count = np.bincount(vote_lab, minlength=n_labs)
     acc = np.full(n_labs, 0.5)
     converged, iterations = False, 0
@@ -172,7 +180,32 @@ def estimate(tasks: Mapping[int, TaskRecord], current: list[JudgmentRecord], *, 
         for u, vs in votes.items():
             if u[0] in tasks and tasks[u[0]].gold_ranks is None:
                 posterior[u] = _sigmoid(sum(s * _logit(acc.get(name, fallback)) for name, s in vs))
-    return Reliability(labelers, posterior, iterations, converged, fitted, len(truth), ignored, fallback, no_evidence)
+    return Reliability(labelers, posterior, iterations, converged, fitted, len(truth), ignored, fallback, no_evidence,
+                       _groups(votes, gold_votes))
+
+
+def _groups(votes: Mapping[Unit, list[tuple[str, int]]], gold_votes: Mapping[str, int]) -> list[dict]:
+    """Labelers linked (directly or through others) by comparisons they both answered. The votes fix accuracies
+    only up to a joint flip of a whole group (a < 1/2 for all of them explains the votes as well as a > 1/2); gold
+    inside a group anchors it, else its orientation comes from EM's start (most labelers better than chance)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for vs in votes.values():
+        names = [n for n, _ in vs]
+        for n in names[1:]:
+            parent[find(n)] = find(names[0])
+        find(names[0])
+    members: dict[str, list[str]] = defaultdict(list)
+    for n in parent:
+        members[find(n)].append(n)
+    return [{"labelers": sorted(ms), "gold_votes": sum(gold_votes.get(n, 0) for n in ms)}
+            for ms in sorted(members.values(), key=lambda m: sorted(m))]
 
 
 def pair_weights(pairs: list[ConsensusPair], rel: Reliability) -> tuple[list[float], int]:

@@ -154,8 +154,10 @@ def simulate(
     seed: int = 0,
     gold_rate: float = 0.0,
     max_judgments: int | None = None,
+    mix_order: bool = False,
 ) -> dict[str, Any]:
-    """Let the simulated labelers answer every task they can get (round robin), assign train/heldout splits,
+    """Let the simulated labelers answer every task they can get (round robin, in a fixed order: with overlap k the
+    same k labelers then share every task; `mix_order` shuffles the order each round), assign train/heldout splits,
     compute the Bayes-optimal accuracy and store it as meta "simulation". Returns that meta dict."""
     if not labelers:
         raise UserError("simulate needs at least one labeler (--labelers N)")
@@ -172,7 +174,10 @@ def simulate(
     ids = {lab.name: store.ensure_user(lab.name, "labeler").id for lab in labelers}
     active = list(labelers)
     made = 0
+    order_rng = random.Random(f"order-{seed}")  # its own stream: mix_order leaves the answers' draws alone
     while active and (max_judgments is None or made < max_judgments):
+        if mix_order:  # who asks first each round: with overlap, labelers then share tasks with everyone
+            order_rng.shuffle(active)
         for lab in list(active):
             shown = store.next_assignment(ids[lab.name], gold_rate=gold_rate, rng=rng)
             if shown is None:
@@ -197,6 +202,7 @@ def simulate(
         "heldout_fraction": heldout_fraction,
         "new_splits": splits,
         "judgments_made": made,
+        "mix_order": mix_order,
         "labelers": [asdict(lab) for lab in known.values()],
         **bayes_accuracy(tasks, pairs, known, score),
     }

@@ -97,6 +97,17 @@ def test_simulated_labelers_with_a_flipper_are_ranked_by_their_known_accuracy(tm
         assert abs(rel.labelers[n].accuracy - known[n]) < 0.08, (n, rel.labelers[n].accuracy, known[n])
 
 
+def test_groups_that_never_share_a_comparison_are_reported_and_mix_order_links_them(tmp_path: Path) -> None:
+    # a fixed asking order with overlap 2 and 4 labelers: {1, 2} and {3, 4} always label together, so the votes fix
+    # each pair's accuracies only up to a joint flip; mix_order shuffles who asks first and links everyone
+    for mix, want in ((False, [["sim-1", "sim-2"], ["sim-3", "sim-4"]]), (True, [["sim-1", "sim-2", "sim-3", "sim-4"]])):
+        store, _ = _simulated_store(tmp_path / str(mix), overlap=2)
+        labelers = [SimLabeler(f"sim-{n}", beta=4) for n in range(1, 5)]
+        meta = simulate(store, labelers, _judge, seed=0, mix_order=mix)
+        rel = estimate({t.id: t for t in store.tasks()}, store.judgments(current_only=True))
+        assert [g["labelers"] for g in rel.summary()["groups"]] == want and meta["mix_order"] is mix
+
+
 def test_stats_and_export_show_and_use_the_estimates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     store, labelers = _simulated_store(tmp_path)
     simulate(store, labelers, _judge, seed=0)
