@@ -133,7 +133,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             raise SystemExit(f"bad rows in {run / 'samples.jsonl'}: {errors[0]}")
         store.add_tasks(specs)
         simulate(store, labelers, judge, judge_name="rlhf.data.gold:gold_score", heldout_fraction=0.2, seed=seed,
-                 mix_order=True)
+                 mix_order=not args.fixed_order)
     known = known_accuracy(store, labelers, judge)
     rel = estimate({t.id: t for t in store.tasks()}, store.judgments(current_only=True))
     names = sorted(known)
@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=3)
     ap.add_argument("--rm-epochs", type=float, default=2.0, help="the demo's (default preset)")
     ap.add_argument("--rm-lr", type=float, default=3e-4, help="the demo's (default preset)")
+    ap.add_argument("--fixed-order", action="store_true", help="simulate without --mix-order: the same labelers share "
+                    "every task (two groups that never meet, with 6 labelers and overlap 3)")
     ap.add_argument("--early-stopping", action="store_true",
                     help="the demo's early stopping on the held-out loss (off by default: the held-out labels are "
                     "the noisy consensus, and a model trained toward the truth by the weights is judged less "
@@ -198,7 +200,8 @@ def main() -> None:
         print(f"| {n} | {d['beta']:g} | {d['flip']:g} | {d['known_accuracy']:.3f} | {d['estimated_accuracy']:.3f} |")
     summary = {
         "benchmark": "labeler_reliability", "run": args.run, "labelers": args.labelers, "beta": args.beta,
-        "flip": args.flip, "overlap": args.overlap, "early_stopping": args.early_stopping, "seeds": [r["seed"] for r in results],
+        "flip": args.flip, "overlap": args.overlap, "fixed_order": args.fixed_order,
+        "early_stopping": args.early_stopping, "seeds": [r["seed"] for r in results],
         "spearman": [r["spearman"] for r in results],
         "rm_accuracy_plain": [r["plain"]["rm_accuracy"] for r in results],
         "rm_accuracy_weighted": [r["weighted"]["rm_accuracy"] for r in results],
