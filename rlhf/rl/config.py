@@ -101,7 +101,7 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
                                              "KV cache); keep it below 1 - the trainer's peak share")
     device: Device = opt("auto", "auto, cpu or cuda")
     resume: bool = opt(False, "continue from out/checkpoint if present")
-    # several objectives: cost models beside the reward model (rlhf.rl.objectives; docs/ppo.md "Competing objectives")
+    # several objectives: cost models beside the reward model (rlhf.rl.objectives; docs/reward-hacking.md)
     cost_reward: list[str] = opt([], "cost model folders (comma-separated; each from `rlhf reward` on its own labels, "
                                  "higher = more costly): fixed weights, or constraints with --cost_threshold")
     cost_weight: list[float] = opt([], "fixed weight w per cost model (one value = all; empty = 1.0): score = reward - "
