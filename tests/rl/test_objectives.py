@@ -194,3 +194,14 @@ def test_critic_free_algorithms_take_cost_models_too(setup, tmp_path, algo):
     assert 0 < rows[0]["objective/lagrange_multiplier"] < rows[1]["objective/lagrange_multiplier"]
     lam = rows[1]["objective/lagrange_multiplier"]
     assert rows[1]["objective/scores"] == pytest.approx((1 - lam) / (1 + lam) * rows[1]["objective/reward"], abs=1e-4)
+
+
+def test_second_gold_judge_and_its_simulated_labels_name():
+    from rlhf.data.gold import cost_score
+    from rlhf.labeling.simulate import load_judge
+
+    assert cost_score("It was wonderful.") == 1.0 and cost_score("Wonderfully made, really.") == 1.0
+    assert cost_score("It was great and lovely.") == 0.0 and cost_score("") == 0.0
+    assert load_judge("cost") is cost_score
+    with pytest.raises(TypeError):
+        cost_score(None)
