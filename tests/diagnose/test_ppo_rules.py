@@ -200,5 +200,6 @@ def test_every_ppo_rule_is_exercised():
     tested = {"value-not-learning", "kl-blowup", "negative-kl", "kl-nonzero-at-start", "entropy-collapse",
               "clipfrac-high", "approxkl-high", "over-optimisation", "ensemble-disagreement", "length-exploitation",
               "repetition", "reward-out-of-range", "missing-eos", "non-finite", "stage-incomplete",
-              "logprob-mismatch"}  # on a real run with a stale sampler: tests/stages/test_checkpoint_traps.py
+              "logprob-mismatch",  # on a real run with a stale sampler: tests/stages/test_checkpoint_traps.py
+              "constraint-violated"}  # on real tiny runs with a cost model: tests/diagnose/test_constraint_rule.py
     assert tested >= PPO_RULES | {"non-finite", "stage-incomplete"}
