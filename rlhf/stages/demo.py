@@ -40,8 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     sft_lora_r=16, max_length=80, sample_prompts=128, sample_batch=32, k=4, max_new_tokens=24,
                     labelers=4, overlap=3, beta="2.5", rm_epochs=2, rm_batch=8, rm_lr=5e-4, rm_lora_r=16,
                     rm_eval_every=40,
-                    ppo_updates=12, ppo_batch=16, ppo_lr=5e-4, kl_coef=0.05, missing_eos_penalty=-1.0, ppo_epochs=2,
-                    ppo_minibatches=4, ppo_lora_r=16, shared_value_head=True, ppo_save_every=6, ppo_log_every=4,
+                    ppo_updates=24, ppo_batch=16, ppo_lr=5e-4, kl_coef=0.05, missing_eos_penalty=-1.0, ppo_epochs=2,
+                    ppo_minibatches=4, ppo_lora_r=16, shared_value_head=True, ppo_save_every=12, ppo_log_every=4,
                     eval_prompts=128, eval_batch=32, sft_eval_batches=4, sft_save_every=0),
     # every stage on the real checkpoint with the fewest steps that still exercise it (make test runs it)
     "smollm2-smoke": dict(n_reviews=200, model="smollm2-135m-instruct", sft_steps=2, batch_size=4, lr=2e-4,

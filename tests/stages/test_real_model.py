@@ -54,6 +54,23 @@ def test_smoke_preset_runs_every_stage_on_the_real_model(smoke_run):
 
 @pytest.mark.slow
 @pytest.mark.timeout(SMOKE_TIMEOUT_S)
+def test_reward_probe_benchmark_runs_on_the_real_reward_model(smoke_run):
+    """benchmarks/rm_probe.py (the probe docs/real-model.md quotes) reads a SmolLM2 reward folder and chat prompts
+    and prints one score per response kind and the agreement of their order with the gold judge."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "rm_probe.py"), "--reward",
+                           str(smoke_run / "reward"), "--prompts", str(smoke_run / "data" / "chat" /
+                                                                   "prompts_heldout.jsonl"), "--n_prompts", "2"],
+                          capture_output=True, text=True, check=True)
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["prompts"] == 2 and set(last["kinds"]) >= {"short_positive", "long_positive", "neutral"}
+    assert all(torch.isfinite(torch.tensor(k["reward"])) for k in last["kinds"].values())
+    assert last["kinds"]["long_positive"]["gold"] > last["kinds"]["short_positive"]["gold"] > 0  # the gold axis
+    assert -1 <= last["kendall_tau"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SMOKE_TIMEOUT_S)
 def test_first_ppo_minibatch_ratio_is_one(smoke_run):
     """One minibatch per update in the smoke preset, so update 1's ratio is the first minibatch's: before any
     optimiser step the training forward must give the rollout's log-probs (LoRA policy, fp32)."""
