@@ -88,3 +88,21 @@ def test_the_two_zero3_files_agree():
     a, b = (load_config_from_file(str(ROOT / p)).to_dict() for p in
             ("configs/accelerate/zero3.yaml", "configs/recipes/accelerate/zero3.yaml"))
     assert a == b
+
+
+@pytest.mark.timeout(300)
+def test_fsdp2_cpu_config_runs_as_ddp_over_gloo_under_this_accelerate(tmp_path):
+    """What configs/accelerate/fsdp2-cpu.yaml gives today: 2 gloo processes, but accelerate (1.15) switches to FSDP
+    only from GPU-like device types, so on CPU its FSDP settings are ignored and the run is DDP (MULTI_CPU).
+    docs/distributed.md says so; if this fails, accelerate has changed and that page must be updated."""
+    script = tmp_path / "probe.py"
+    script.write_text("from accelerate import Accelerator\n"
+                      "a = Accelerator(cpu=True)\n"
+                      "print('PROBE', a.process_index, a.num_processes, a.distributed_type.name, a.state.backend)\n")
+    launch = Path(sys.executable).parent / "accelerate"
+    r = subprocess.run([str(launch), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp2-cpu.yaml"),
+                        str(script)], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = sorted(x.split()[1:] for x in r.stdout.splitlines() if x.startswith("PROBE"))
+    assert rows == [["0", "2", "MULTI_CPU", "gloo"], ["1", "2", "MULTI_CPU", "gloo"]]
