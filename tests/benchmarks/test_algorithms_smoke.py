@@ -4,33 +4,27 @@ a second run (one job at a time) resumes without training again, and a bad --alg
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.runs import run_benchmark, tiny_demo
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "algorithms.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_NO_PROGRESS": "1"}
 ALGOS = ("ppo", "rloo", "grpo", "reinforce_pp", "dpo")
 FIGURES = ("win_rate_gold", "kl", "reward_policy", "gold_policy", "wall_s", "peak_rss_mb")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env=ENV, timeout=900)
+def _run(*args: object) -> subprocess.CompletedProcess:
+    return run_benchmark(SCRIPT, *args)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    from rlhf.cli import main
-
-    out = tmp_path_factory.mktemp("algorithms") / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    return tiny_demo(tmp_path_factory, "algorithms")
 
 
 @pytest.mark.slow

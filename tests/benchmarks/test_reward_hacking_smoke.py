@@ -4,32 +4,26 @@ resumes without training again, and a bad --defences is one line."""
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.runs import run_benchmark, tiny_demo
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "reward_hacking.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_NO_PROGRESS": "1"}
 DEFENCES = ("mean", "min", "mean_minus_std", "clip", "length_penalty", "length_regress")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env=ENV, timeout=900)
+def _run(*args: object) -> subprocess.CompletedProcess:
+    return run_benchmark(SCRIPT, *args)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    from rlhf.cli import main
-
-    out = tmp_path_factory.mktemp("hacking") / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    return tiny_demo(tmp_path_factory, "hacking")
 
 
 @pytest.mark.slow

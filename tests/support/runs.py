@@ -50,3 +50,22 @@ def run_one_and_two_processes(script: Path, args: list[str], tmp_path: Path) -> 
                          env=env, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     return tmp_path / "one", tmp_path / "two"
+
+
+BENCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_NO_PROGRESS": "1"}
+
+
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A finished `rlhf demo --preset tiny` run in a fresh temporary folder (for module-scoped fixtures)."""
+    from rlhf.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "demo"
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def run_benchmark(script: Path, *args: object, timeout: int = 900) -> subprocess.CompletedProcess:
+    """A benchmark script in a child process from the repository root, one torch thread, no progress bars."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, cwd=root,
+                          env=BENCH_ENV, timeout=timeout)
