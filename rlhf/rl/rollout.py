@@ -115,8 +115,8 @@ def collect(cfg: Any, update: int, acc: Any, s: Any, *, k: int = 1, values_fn: A
 
     with torch.inference_mode():
         scores, member_scores = score(s.m.reward, batch, cfg.missing_eos_penalty, cfg.missing_eos_score,
-                                      getattr(s, "defences", None), acc)
-        if getattr(s, "objectives", None) is not None:  # cost models: reward - w * cost (rlhf.rl.objectives)
+                                      s.defences, acc)
+        if s.objectives is not None:  # cost models: reward - w * cost (rlhf.rl.objectives)
             scores = s.objectives.combine(batch, scores, acc)
         if s.sampler_logprobs:
             old_logp, entropy, values = batch.logprobs, batch.entropy, None
