@@ -77,8 +77,7 @@ class DemoConfig(RunOptions):
 
 @stage_outputs(out="dir")
 def run(cfg: DemoConfig) -> Path:
-    from rlhf.data.demo import write_demo_data
-    from rlhf.stages import evaluate, ppo, reward, sample, sft
+    from rlhf.stages import evaluate, ppo, reward, sample
 
     if cfg.seeds:
         return run_seeds(cfg)
@@ -86,7 +85,6 @@ def run(cfg: DemoConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
-    data = out / "data"
     times: dict[str, float] = {}
 
     def stage(name: str, done: bool, fn: Callable[[], Any]) -> None:
@@ -100,42 +98,7 @@ def run(cfg: DemoConfig) -> Path:
         fn()
         times[name] = time.perf_counter() - t
 
-    # 1. the embedded corpus: reviews, SFT pairs, prompts (train / held-out); for a real chat model the same task
-    # in its chat template (data/chat/)
-    real = not p["model"].startswith("tiny:")
-    task = data / "chat" if real else data
-
-    def write_data() -> None:
-        write_demo_data(data, seed=cfg.seed, n_reviews=p["n_reviews"])
-        if real:
-            from rlhf.data.review_chat import write_chat_data
-
-            write_chat_data(data, task)
-
-    stage("data", (task / "prompts_heldout.jsonl").exists(), write_data)
-
-    # 2. base model: a tiny Llama pre-trained on the review corpus (tokenizer trained on it too); a real
-    # checkpoint is the base as it is
-    n = p.get("pretrain_steps", 0)
-    if real:
-        console.print(f"[dim][2/{len(STAGES)}] pretrain: {p['model']} is a pretrained checkpoint, skipped[/dim]")
-    else:
-        stage("pretrain", stage_done(out / "base"), lambda: sft.run(sft.SFTConfig(
-            model=p["model"], tokenizer_vocab_size=p["vocab"], data=str(data / "pretrain_train.jsonl"),
-            eval_data=str(data / "pretrain_val.jsonl"), out=str(out / "base"), max_steps=n, batch_size=p["batch_size"],
-            lr=p["lr"], warmup_steps=max(1, n // 20), eval_every=max(1, n // 4), save_every=max(1, n // 4),
-            eval_batches=10, seed=cfg.seed, device=cfg.device, resume=True)))
-
-    # 3. SFT: opening -> continuation (loss on the continuation): the initial policy and the reference
-    n = p["sft_steps"]
-    stage("sft", stage_done(out / "sft"), lambda: sft.run(sft.SFTConfig(
-        model=p["model"] if real else str(out / "base"), data=str(task / "sft_train.jsonl"),
-        eval_data=str(task / "sft_val.jsonl"), lora_r=p.get("sft_lora_r", 0), max_length=p.get("max_length", 128),
-        out=str(out / "sft"), max_steps=n, batch_size=p["batch_size"], lr=p["lr"] if real else p["lr"] / 3,
-        warmup_steps=max(1, n // 10), eval_every=p.get("sft_eval_every", max(1, n // 2)),
-        save_every=p.get("sft_save_every", max(1, n // 2)),
-        eval_batches=p.get("sft_eval_batches", 10),
-        seed=cfg.seed, device=cfg.device, resume=True)))
+    task = prepare_sft(out, p, cfg.seed, cfg.device, stage)  # 1-3: data, base model, SFT
 
     # 4. K samples per training prompt from the SFT model: what the labelers compare
     samples = out / "samples.jsonl"
@@ -181,6 +144,55 @@ def run(cfg: DemoConfig) -> Path:
     write_summary(out, summary, kind="demo")
     _print_summary(out, summary)
     return out
+
+
+def prepare_sft(out: Path, p: dict[str, Any], seed: int, device: str,
+                stage: Callable[[str, bool, Callable[[], Any]], None]) -> Path:
+    """Steps 1-3 of the demo for preset settings `p`: the task data (OUT/data), the base model (OUT/base, a tiny
+    Llama pre-trained on the corpus; none for a real checkpoint) and the SFT model (OUT/sft), each through
+    `stage(name, done, fn)`, which skips a stage whose output is complete. Returns the folder of the task's
+    prompts and SFT pairs. `rlhf loop` starts from these too."""
+    from rlhf.data.demo import write_demo_data
+    from rlhf.stages import sft
+
+    # 1. the embedded corpus: reviews, SFT pairs, prompts (train / held-out); for a real chat model the same task
+    # in its chat template (data/chat/)
+    data = out / "data"
+    real = not p["model"].startswith("tiny:")
+    task = data / "chat" if real else data
+
+    def write_data() -> None:
+        write_demo_data(data, seed=seed, n_reviews=p["n_reviews"])
+        if real:
+            from rlhf.data.review_chat import write_chat_data
+
+            write_chat_data(data, task)
+
+    stage("data", (task / "prompts_heldout.jsonl").exists(), write_data)
+
+    # 2. base model: a tiny Llama pre-trained on the review corpus (tokenizer trained on it too); a real
+    # checkpoint is the base as it is
+    n = p.get("pretrain_steps", 0)
+    if real:
+        console.print(f"[dim][2/{len(STAGES)}] pretrain: {p['model']} is a pretrained checkpoint, skipped[/dim]")
+    else:
+        stage("pretrain", stage_done(out / "base"), lambda: sft.run(sft.SFTConfig(
+            model=p["model"], tokenizer_vocab_size=p["vocab"], data=str(data / "pretrain_train.jsonl"),
+            eval_data=str(data / "pretrain_val.jsonl"), out=str(out / "base"), max_steps=n, batch_size=p["batch_size"],
+            lr=p["lr"], warmup_steps=max(1, n // 20), eval_every=max(1, n // 4), save_every=max(1, n // 4),
+            eval_batches=10, seed=seed, device=device, resume=True)))
+
+    # 3. SFT: opening -> continuation (loss on the continuation): the initial policy and the reference
+    n = p["sft_steps"]
+    stage("sft", stage_done(out / "sft"), lambda: sft.run(sft.SFTConfig(
+        model=p["model"] if real else str(out / "base"), data=str(task / "sft_train.jsonl"),
+        eval_data=str(task / "sft_val.jsonl"), lora_r=p.get("sft_lora_r", 0), max_length=p.get("max_length", 128),
+        out=str(out / "sft"), max_steps=n, batch_size=p["batch_size"], lr=p["lr"] if real else p["lr"] / 3,
+        warmup_steps=max(1, n // 10), eval_every=p.get("sft_eval_every", max(1, n // 2)),
+        save_every=p.get("sft_save_every", max(1, n // 2)),
+        eval_batches=p.get("sft_eval_batches", 10),
+        seed=seed, device=device, resume=True)))
+    return task
 
 
 # ---------------------------------------------------------------------------------------------------------------
