@@ -9,6 +9,7 @@ in the store and is idempotent by `client_id`.
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the Annotated[..., Depends(closure)] hints.
 import json
+import re
 from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from rlhf.errors import UserError
 from rlhf.labeling import agreement
 from rlhf.labeling.export import build_export
+from rlhf.labeling.render import markdown, prompt_turns
 from rlhf.labeling.security import LimitsAndHeaders, RateLimiter, Sessions, csrf_ok, install_log_redaction, same_origin
 from rlhf.labeling.store import FLAGS, MAX_ID, Answer, Shown, Store, StoreError, UserInfo
 
@@ -79,13 +81,15 @@ class JudgmentOut(BaseModel):
     kind: str
 
 
-def shown_json(s: Shown) -> dict[str, Any]:
+def shown_json(s: Shown, messages: list | None) -> dict[str, Any]:
     labels = "AB" if s.kind == "pairwise" else "123456789"
     return {
         "assignment_id": s.assignment_id,
         "task_id": s.task_id,
         "kind": s.kind,
         "prompt": s.prompt,
+        # what the page shows: the prompt as chat turns (one turn with role "prompt" for plain text)
+        "prompt_turns": [{"role": t.role, "content": t.content} for t in prompt_turns(s.prompt, {"prompt_messages": messages})],
         "responses": [{"label": labels[p], "text": t} for p, t in enumerate(s.responses)],
         "current_judgment_id": s.current_judgment_id,
     }
@@ -123,6 +127,7 @@ def create_app(
     app.add_middleware(LimitsAndHeaders, max_bytes=max_body_bytes)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)  # model output is untrusted
+    env.filters["markdown"] = markdown  # the one way to put HTML from text on a page: sanitised (render.py)
     templates = Jinja2Templates(env=env)
     sessions = Sessions(secret, session_days * 86400)
     limiter = RateLimiter(rate_per_s, burst)
@@ -275,6 +280,8 @@ def create_app(
         supersedes = shown.current_judgment_id
         ctx |= {
             "shown": shown,
+            "turns": prompt_turns(shown.prompt, {"prompt_messages": store.prompt_messages(shown.task_id)}),
+            "has_guidelines": store.guidelines() is not None,
             "supersedes": supersedes,
             "client_id": f"web-{shown.assignment_id}-{supersedes or 0}",
             "draft_key": draft_key(user.id, shown.assignment_id, supersedes),
@@ -305,6 +312,12 @@ def create_app(
         ans = answer_from_form(form)
         record, _created = await run_in_threadpool(store.submit, user.id, ans)
         return RedirectResponse(f"/label?saved={record.assignment_id}&sup={ans.supersedes or 0}", status_code=303)
+
+    @app.get("/guidelines", include_in_schema=False)
+    def guidelines_page(request: Request) -> HTMLResponse:
+        user, csrf = session_user(request)
+        g = store.guidelines()
+        return page(request, "guidelines.html", user=user, csrf=csrf, guidelines=g)
 
     @app.get("/admin", include_in_schema=False)
     def admin(request: Request) -> HTMLResponse:
@@ -337,7 +350,7 @@ def create_app(
         """Your open task, or a new one (`task` is null when nothing is left). Responses are in the order shown to
         you; answer by position ("A" = first). `progress=true` adds counts (a few more queries)."""
         shown = store.next_assignment(user.id, gold_rate=gold_rate)
-        out: dict[str, Any] = {"task": shown_json(shown) if shown else None}
+        out: dict[str, Any] = {"task": shown_json(shown, store.prompt_messages(shown.task_id)) if shown else None}
         if progress:
             out["progress"] = store.progress(user.id)
         return out
@@ -354,6 +367,15 @@ def create_app(
         record, created = store.submit(user.id, Answer(**body.model_dump()))
         out = JudgmentOut(judgment_id=record.id, created=created, task_id=record.task_id, kind=record.kind)
         return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+
+    @app.get("/api/guidelines", tags=["api"])
+    def api_guidelines(_user: Annotated[UserInfo, Depends(api_user)]) -> dict[str, Any]:
+        """The labeling guidelines as Markdown (`text` is null when none are set; `rlhf label guidelines` sets
+        them)."""
+        g = store.guidelines()
+        if g is None:
+            return {"text": None, "version": None, "updated_at": None}
+        return {"text": g[0], "version": g[1], "updated_at": g[2].isoformat()}
 
     @app.get("/api/export", tags=["api"])
     def api_export(_admin: Annotated[UserInfo, Depends(api_admin)], what: Literal["pairs", "raw", "meta"] = "pairs") -> Response:
@@ -404,8 +426,7 @@ def answer_from_form(form: Any) -> Answer:
     elif action == "flag":
         ans.flag = text("flag")
         ans.note = text("note")
-    elif form.getlist("rank"):
-        ranks = form.getlist("rank")
+    elif ranks := form_ranks(form):
         if any(r == "" for r in ranks):
             raise StoreError("give every response a rank (1 = best; equal ranks for ties)", "ranks")
         ans.ranks = [num("ranks", value=r) for r in ranks]
@@ -417,3 +438,19 @@ def answer_from_form(form: Any) -> Answer:
         if ans.choice is None:
             raise StoreError("choose which response is better (or tie / both bad)", "choice")
     return ans
+
+
+_RANK_FIELD = re.compile(r"rank_([0-9])")
+
+
+def form_ranks(form: Any) -> list[Any]:
+    """The page names each rank field by the response's shown position (`rank_0` = the first shown), because
+    dragging reorders the cards and with them the fields' order in the form. Plain `rank` fields (in shown order)
+    are read too. The positions must be exactly 0..k-1."""
+    named = [(int(m.group(1)), v) for key, v in form.multi_items() if (m := _RANK_FIELD.fullmatch(key))]
+    if not named:
+        return form.getlist("rank")
+    positions = sorted(p for p, _ in named)
+    if positions != list(range(len(named))):
+        raise StoreError(f"rank fields must be rank_0..rank_{len(named) - 1}, each once; got positions {positions}", "ranks")
+    return [v for _, v in sorted(named, key=lambda pv: pv[0])]

@@ -132,6 +132,11 @@ def register(subparsers: Any) -> None:
 
     p = cmd("stats", "print progress and agreement as JSON", stats)
 
+    p = cmd("guidelines", "set the labeling guidelines (Markdown) shown at /guidelines and linked from every task; "
+            "without --file or --clear, print the current ones", guidelines)
+    p.add_argument("--file", type=Path, default=None, help="a UTF-8 Markdown file (raw HTML in it is shown as text)")
+    p.add_argument("--clear", action="store_true", help="remove the guidelines (the history is kept)")
+
 
 def _store(args: argparse.Namespace, *, create: bool = True) -> Any:
     """The store of --db. create=False for commands that only read (or need existing users): a typo'd --db is then
@@ -446,6 +451,29 @@ def stats(args: argparse.Namespace) -> int:
     from rlhf.labeling.agreement import report
 
     print(json.dumps(report(_store(args, create=False)), indent=2, default=str))
+    return 0
+
+
+def guidelines(args: argparse.Namespace) -> int:
+    from rlhf.io import open_text
+
+    if args.file is not None and args.clear:
+        raise UserError("give --file or --clear, not both")
+    if args.file is None and not args.clear:
+        current = _store(args, create=False).guidelines()
+        if current is None:
+            print("no guidelines set; set them with: rlhf label guidelines --db DB --file guidelines.md", file=sys.stderr)
+            return 1
+        print(current[0])
+        return 0
+    text = ""
+    if args.file is not None:
+        with open_text(args.file) as f:  # a missing file, a folder or non-UTF-8 bytes: one line naming the file
+            text = "".join(f)
+        if not text.strip():
+            raise UserError(f"{args.file}: empty; write the guidelines in it, or use --clear to remove them")
+    version = _store(args).set_guidelines(text)
+    print(f"guidelines {'removed' if args.clear else f'set ({len(text)} characters)'}: version {version}")
     return 0
 
 

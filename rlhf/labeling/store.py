@@ -199,6 +199,15 @@ class MetaEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class Guidelines(Base):
+    """Labeling guidelines (Markdown), append-only: the newest row is current; an empty text means "none"."""
+
+    __tablename__ = "guidelines"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plain values handed out by the store (never live ORM objects, so callers need no session).
 
@@ -875,6 +884,28 @@ class Store:
         with self._reading() as c:
             return c.scalar(select(META.c.value).where(META.c.key == key).order_by(META.c.id.desc()).limit(1))
 
+    # -- guidelines and what the pages show ----------------------------------------------------------------------
+
+    def set_guidelines(self, text: str) -> int:
+        """Store new labeling guidelines (Markdown; "" removes them); returns the version (row id)."""
+        if not isinstance(text, str) or "\x00" in text:
+            raise StoreError("guidelines must be text without NUL characters", "guidelines")
+        with self._write() as c:
+            return _insert(c, GUIDELINES, text=text, created_at=utcnow())
+
+    def guidelines(self) -> tuple[str, int, datetime] | None:
+        """The current guidelines as (text, version, set at), or None if none were ever set or the last is empty."""
+        with self._reading() as c:
+            row = c.execute(select(GUIDELINES).order_by(GUIDELINES.c.id.desc()).limit(1)).first()
+        return (row.text, row.id, row.created_at) if row is not None and row.text else None
+
+    def prompt_messages(self, task_id: int) -> list | None:
+        """The task's prompt as {"role", "content"} messages when it was imported as a conversation, else None."""
+        with self._reading() as c:
+            source = c.scalar(select(TASKS.c.source).where(TASKS.c.id == task_id))
+        messages = source.get("prompt_messages") if isinstance(source, dict) else None
+        return messages if isinstance(messages, list) else None
+
 
 USERS = User.__table__
 INVITES = Invite.__table__
@@ -884,6 +915,7 @@ SPLITS = TaskSplit.__table__
 ASSIGNMENTS = Assignment.__table__
 JUDGMENTS = Judgment.__table__
 META = MetaEntry.__table__
+GUIDELINES = Guidelines.__table__
 _SHOWN = select(
     ASSIGNMENTS.c.id, ASSIGNMENTS.c.user_id, ASSIGNMENTS.c.shown_order, TASKS.c.id.label("task_id"), TASKS.c.kind,
     TASKS.c.prompt, TASKS.c.responses,
@@ -981,7 +1013,7 @@ class Q:
     )  # fmt: skip
 
 
-_INSERTS = {t: insert(t) for t in (USERS, INVITES, SESSIONS, TASKS, SPLITS, ASSIGNMENTS, JUDGMENTS, META)}
+_INSERTS = {t: insert(t) for t in (USERS, INVITES, SESSIONS, TASKS, SPLITS, ASSIGNMENTS, JUDGMENTS, META, GUIDELINES)}
 
 
 def _insert(c: Connection, table: Any, **values: Any) -> int:

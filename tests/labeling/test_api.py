@@ -7,6 +7,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -303,3 +304,140 @@ def test_form_uploads_are_refused_and_notes_are_kept(env: dict) -> None:
     tie = {**form, "action": "answer", "choice": "tie", "strength": "better", "note": "both fine"}
     assert c.post("/label", data=tie).status_code == 303  # the always-present strength radio is not part of a tie
     assert env["store"].judgments()[0].raw == {"choice": "tie", "strength": None, "note": "both fine"}
+
+
+# -- issue #21 item 2: chat turns, Markdown, positional rank fields, guidelines -----------------------------------
+
+CHATML = ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+          "<|im_start|>assistant\n4.<|im_end|>\n<|im_start|>user\nAnd **times** 3?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def roles_of(html: str) -> list[str]:
+    return re.findall(r'<div class="turn[^"]*" data-role="([^"]*)"', html)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "source", "roles"),
+    [
+        (CHATML, {}, ["system", "user", "assistant", "user"]),  # the empty generation prompt at the end is dropped
+        ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+         "<|start_header_id|>assistant<|end_header_id|>\n\n", {}, ["user"]),
+        ("<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nYo<end_of_turn>\n<start_of_turn>user\nQ"
+         "<end_of_turn>\n<start_of_turn>model\n", {}, ["user", "assistant", "user"]),
+        ("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: and then?", {}, ["user", "assistant", "user"]),
+        ("User: a\n\nAssistant: b", {"prompt_messages": [{"role": "user", "content": "a"},
+                                                          {"role": "assistant", "content": "b"}]}, ["user", "assistant"]),
+        ("junk <|im_start|>user\nHi<|im_end|>", {}, ["text", "user"]),  # text outside the markers is kept
+        ("Just a plain prompt.", {}, ["prompt"]),
+    ],
+)  # fmt: skip
+def test_prompts_are_shown_as_chat_turns(tmp_path: Path, prompt: str, source: dict, roles: list[str]) -> None:
+    store = Store(tmp_path / "labels.db")
+    store.add_tasks([TaskSpec("pairwise", prompt, ["a", "b"], source, 1)])
+    env = {"store": store, "labeler": store.create_user("lab", "labeler"), "secret": os.urandom(32).hex().encode()}
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    assert roles_of(page) == roles
+    task = c.get("/api/tasks/next", headers=bearer(env["labeler"])).json()["task"]
+    assert [t["role"] for t in task["prompt_turns"]] == roles
+    assert "<|im_start|>" not in page.split('id="prompt"', 1)[1].split("</section>", 1)[0]
+
+
+def test_turn_contents_and_responses_are_markdown(tmp_path: Path) -> None:
+    store = Store(tmp_path / "labels.db")
+    code = "```python\nprint('<b>hi</b>')\n```"
+    store.add_tasks([TaskSpec("pairwise", CHATML, [f"Here:\n\n{code}\n\nwith **bold** and a [link](https://example.org).",
+                                                   "line one\nline two"], {}, 1)])  # fmt: skip
+    env = {"store": store, "labeler": store.create_user("lab", "labeler"), "secret": os.urandom(32).hex().encode()}
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    assert "And <strong>times</strong> 3?" in page  # a prompt turn's Markdown
+    assert '<pre><code class="language-python">print(\'&lt;b&gt;hi&lt;/b&gt;\')\n</code></pre>' in page
+    assert "<strong>bold</strong>" in page
+    assert '<a href="https://example.org" rel="nofollow noopener noreferrer" target="_blank">link</a>' in page
+    assert "line one<br />\nline two" in page  # plain text keeps its line breaks
+    assert '<details class="plain"><summary>plain text</summary><pre>line one\nline two</pre></details>' in page
+
+
+def test_rank_fields_are_read_by_shown_position(env: dict) -> None:
+    """The page names rank fields rank_<shown position>: after a drag the fields come in page order, not shown order."""
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+    c.post("/label", data={"csrf_token": csrf_of(page), "assignment_id": aid, "client_id": "p", "choice": "tie"})
+    ranking = c.get("/label").text
+    assert re.findall(r'<select name="(rank_\d)"', ranking) == ["rank_0", "rank_1", "rank_2"]
+    aid2 = re.search(r'name="assignment_id" value="(\d+)"', ranking).group(1)
+    base = [("csrf_token", csrf_of(ranking)), ("assignment_id", aid2), ("client_id", "r")]
+    for bad in ([("rank_0", "1"), ("rank_2", "2")], [("rank_0", "1"), ("rank_0", "2"), ("rank_1", "3")]):
+        r = c.post("/label", content=urlencode(base + bad), headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 422 and "rank_0..rank_" in r.text, bad
+    scrambled = [("rank_2", "1"), ("rank_0", "3"), ("rank_1", "2")]  # the page order after a drag
+    r = c.post("/label", content=urlencode(base + scrambled), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 303
+    (judgment,) = [j for j in env["store"].judgments() if j.kind == "ranking"]
+    assert judgment.raw == {"ranks": [3, 2, 1]}
+
+
+def test_guidelines_cli_page_api_and_link(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rlhf.labeling.cli import main
+
+    db = str(tmp_path / "labels.db")
+    store = Store(db)
+    store.add_tasks([TaskSpec("pairwise", "p", ["a", "b"], {}, 1)])
+    env = {"store": store, "labeler": store.create_user("lab", "labeler"), "secret": os.urandom(32).hex().encode()}
+    c = client(env)
+    sign_in(c, env["labeler"])
+    assert "No guidelines have been set" in c.get("/guidelines").text
+    assert c.get("/api/guidelines", headers=bearer(env["labeler"])).json()["text"] is None
+    assert main(["label", "guidelines", "--db", db]) == 1 and "no guidelines set" in capsys.readouterr().err
+
+    md = tmp_path / "guidelines.md"
+    md.write_text(f"# How to judge\n\nPrefer **correct** answers.\n\n{EVIL}\n\n[bad](javascript:alert(1))\n")
+    assert main(["label", "guidelines", "--db", db, "--file", str(md)]) == 0
+    assert "version 1" in capsys.readouterr().out
+    page = c.get("/guidelines").text
+    assert "<h1>How to judge</h1>" in page and "<strong>correct</strong>" in page
+    assert "<script>alert" not in page and "<img" not in page and "javascript:" not in page.split("[bad](")[0]
+    assert '<a href="javascript' not in page and "&lt;script&gt;" in page
+    task_page = c.get("/label").text
+    assert 'href="/guidelines"' in task_page and "labeling guidelines" in task_page
+    api = c.get("/api/guidelines", headers=bearer(env["labeler"])).json()
+    assert api["text"] == md.read_text() and api["version"] == 1
+    assert main(["label", "guidelines", "--db", db]) == 0 and capsys.readouterr().out == md.read_text() + "\n"
+
+    # Durable: a new process (a new Store on the same file) sees them; bad files are one-line errors, nothing stored.
+    assert Store(db).guidelines()[0] == md.read_text()
+    empty = tmp_path / "empty.md"
+    empty.write_text("  \n")
+    assert main(["label", "guidelines", "--db", db, "--file", str(empty)]) == 2
+    assert main(["label", "guidelines", "--db", db, "--file", str(tmp_path / "missing.md")]) == 2
+    (tmp_path / "latin1.md").write_bytes("caf\xe9".encode("latin-1"))
+    assert main(["label", "guidelines", "--db", db, "--file", str(tmp_path / "latin1.md")]) == 2
+    err = capsys.readouterr().err
+    assert "empty.md: empty" in err and "missing.md: file not found" in err and "latin1.md:1: not UTF-8" in err
+    assert Store(db).guidelines()[1] == 1
+    assert main(["label", "guidelines", "--db", db, "--clear"]) == 0 and Store(db).guidelines() is None
+    assert "No guidelines have been set" in c.get("/guidelines").text
+
+
+def test_guidelines_table_is_added_to_an_older_database(db_url: str) -> None:
+    """A store made before guidelines existed (no table) gets the table on open; its data stays."""
+    from sqlalchemy import inspect, text
+
+    old = Store(db_url)
+    old.add_tasks([TaskSpec("pairwise", "p", ["a", "b"], {}, 1)])
+    with old.engine.begin() as conn:
+        conn.execute(text("DROP TABLE guidelines"))
+    assert "guidelines" not in inspect(old.engine).get_table_names()
+    old.close()
+    store = Store(db_url)
+    assert store.guidelines() is None and len(store.tasks()) == 1
+    assert store.set_guidelines("Be kind.") == 1 and store.set_guidelines("Be precise.") == 2
+    assert store.guidelines()[:2] == ("Be precise.", 2)
+    with pytest.raises(UserError, match="NUL"):
+        store.set_guidelines("a\x00b")
+    store.close()

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rlhf.labeling.store as store_mod
 from rlhf.labeling.app import COOKIE, create_app
+from rlhf.labeling.render import markdown
 from rlhf.labeling.security import Sessions
 from rlhf.labeling.store import Store, TaskSpec
 
@@ -50,6 +54,10 @@ MATRIX: dict[str, dict[str, int]] = {
                             cross_site=200),
     "GET /api/stats": dict(none=401, wrong_user=200, labeler_on_admin=403, forged=401, expired=401, revoked=401,
                            cross_site=200),
+    "GET /guidelines": dict(none=401, wrong_user=200, labeler_on_admin=200, forged=401, expired=401, revoked=401,
+                            cross_site=200),
+    "GET /api/guidelines": dict(none=401, wrong_user=200, labeler_on_admin=200, forged=401, expired=401, revoked=401,
+                                cross_site=200),
     "GET /healthz": dict.fromkeys(CONDITIONS, 200),
     "GET /openapi.json": dict.fromkeys(CONDITIONS, 200),
 }  # fmt: skip
@@ -293,3 +301,111 @@ def test_server_errors_carry_the_security_headers(world: dict, monkeypatch: pyte
     assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
     assert "default-src 'self'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+
+
+# -- issue #21 item 2: no raw HTML from a prompt, a response or the guidelines reaches a page -----------------------
+
+# The XSS cases, each in raw HTML and in the Markdown forms that could smuggle it past an escaper.
+XSS = [
+    "<script>window.hacked = 1; alert('x')</script>",
+    '<img src=x onerror="window.hacked = 1">',
+    '<a href="javascript:window.hacked = 1">click</a>',
+    "[click](javascript:window.hacked=1)",
+    "[click](JaVaScRiPt:window.hacked=1)",
+    "[click](java\tscript:window.hacked=1)",
+    "[click](&#106;avascript:window.hacked=1)",
+    "[click](vbscript:msgbox(1))",
+    "[click](data:text/html;base64,PHNjcmlwdD53aW5kb3cuaGFja2VkPTE8L3NjcmlwdD4=)",
+    "<javascript:window.hacked=1>",
+    '![x](data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+) ![y](x" onerror="window.hacked=1)',
+    "<svg onload=window.hacked=1>",
+    '<iframe src="javascript:window.hacked=1"></iframe><style>body{display:none}</style>',
+    "```html\n<script>window.hacked = 1</script>\n```",
+    '``` onmouseover="window.hacked=1\ncode\n```',
+    "[ref]\n\n[ref]: javascript:window.hacked=1",
+]
+# What rendered Markdown and our templates may contain; anything else on a page came from untrusted text.
+PAGE_TAGS = {"html", "head", "meta", "title", "link", "script", "body", "header", "strong", "span", "nav", "a", "form",
+             "input", "button", "main", "section", "h1", "h2", "p", "div", "fieldset", "legend", "label", "select",
+             "option", "kbd", "details", "summary", "pre", "code", "ol", "ul", "li", "em", "br", "hr", "blockquote",
+             "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"}  # fmt: skip
+
+
+class PageAudit(HTMLParser):
+    """Every element, attribute and URL on a page, with what is not allowed."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.problems: list[str] = []
+        self.scripts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in PAGE_TAGS:
+            self.problems.append(f"<{tag}>")
+        for name, value in attrs:
+            if name.startswith("on") or name in ("style", "srcdoc", "formaction"):
+                self.problems.append(f"<{tag} {name}=...>")
+            if name in ("href", "src", "action") and value is not None:
+                scheme = re.match(r"\s*([a-zA-Z][a-zA-Z0-9+.-]*):", re.sub(r"[\x00-\x20]", "", value))
+                if scheme and scheme.group(1).lower() not in ("http", "https", "mailto"):
+                    self.problems.append(f"<{tag} {name}={value!r}>")
+        if tag == "script":
+            self.scripts.append(dict(attrs).get("src") or "inline")
+
+
+def audit(html: str) -> PageAudit:
+    a = PageAudit()
+    a.feed(html)
+    return a
+
+
+@pytest.fixture
+def xss_world(tmp_path: Path) -> dict[str, Any]:
+    store = Store(tmp_path / "labels.db")
+    evil = "\n\n".join(XSS)
+    messages = [{"role": "system", "content": evil}, {"role": "user", "content": f"question {evil}"},
+                {"role": "assistant", "content": evil}, {"role": f"user {XSS[1]}", "content": evil}]  # fmt: skip
+    chatml = "".join(f"<|im_start|>{r}\n{evil}<|im_end|>\n" for r in ("system", "user", XSS[0])) + "<|im_start|>assistant\n"
+    store.add_tasks([
+        TaskSpec("pairwise", "rendered", [f"A {evil}", f"B {evil}"], {"prompt_messages": messages}, 1),
+        TaskSpec("ranking", chatml, [f"R{i} {evil}" for i in range(3)], {}, 1),
+        TaskSpec("pairwise", f"\n\nHuman: {evil}\n\nAssistant: {evil}\n\nHuman: {evil}", ["x", evil], {}, 1),
+        TaskSpec("pairwise", evil, [evil, "y"], {}, 1),
+    ])  # fmt: skip
+    store.set_guidelines(f"# Rules\n\n{evil}")
+    user = store.create_user("lab", "labeler")
+    app = create_app(store, SECRET, gold_rate=0.0, rate_per_s=1000.0, burst=1000)
+    return {"store": store, "user": user, "app": app}
+
+
+def test_no_raw_html_from_prompts_responses_or_guidelines(xss_world: dict) -> None:
+    c = TestClient(xss_world["app"], follow_redirects=False)
+    value, csrf = Sessions(SECRET, 14 * 86400).new(xss_world["store"].create_session(xss_world["user"].user.id,
+                                                                                     timedelta(days=1)))  # fmt: skip
+    c.cookies.set(COOKIE, value)
+    pages = {"/guidelines": c.get("/guidelines").text}
+    for n in range(4):  # every task once: answer each to get the next
+        page = c.get("/label").text
+        aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+        pages[f"task {n + 1}"] = page
+        c.post("/label", data={"csrf_token": csrf, "assignment_id": aid, "client_id": f"c{n}", "action": "skip"})
+    assert len({p for p in pages.values()}) == 5
+    for name, page in pages.items():
+        a = audit(page)
+        assert a.problems == [], (name, a.problems[:5])
+        assert a.scripts == ["/static/label.js"], name
+        assert "window.hacked" in page, name  # the text itself is shown (escaped), not dropped
+    turns = re.findall(r'data-role="([^"]*)"', pages["task 1"])
+    assert turns == ["system", "user", "assistant", "user &lt;img src=x onerror=&#34;window.hacked = 1&#34;&gt;"]
+    assert '<h1>Rules</h1>' in pages["/guidelines"]
+
+
+@given(st.lists(st.sampled_from(XSS + ["**b**", "`c`", "\n", "\n\n", "[", "](", ")", "<", ">", "&", '"', "javascript:",
+                                       "x", "> q", "- li", "1. n", "```", "<b>", "](http://a)", " "]), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_markdown_output_never_holds_raw_html(parts: list[str]) -> None:
+    """Property: whatever the pieces, the sanitised Markdown holds only allowed tags, no event handlers, no
+    javascript:/data: URLs."""
+    html = str(markdown("".join(parts)))
+    a = audit(html)
+    assert a.problems == [] and a.scripts == [], (parts, html)

@@ -1,6 +1,9 @@
 // Labeling page: keyboard shortcuts and a draft kept in localStorage across reloads. No inline scripts (CSP).
 // Pairwise: 1 A better, 2 B better, 3 tie, 4 both bad, 5 skip (type a reason), space cycles the strength,
-// enter submits. Ranking: 1-9 give the highlighted response that rank and move on, space moves on, enter submits.
+// enter submits. Ranking: 1-9 give the highlighted response that rank and move on, space moves on, enter submits;
+// dragging a card by its handle (HTML5 drag and drop), its arrow buttons or shift+arrow keys reorder the cards, and
+// a new order sets the ranks 1..k from top to bottom. Rank fields are named by shown position (rank_0 = the first
+// shown), so the submitted ranks do not depend on where a card sits in the page. Without JS the rank menus work alone.
 (function () {
   "use strict";
   var saved = document.body.dataset.savedDraft;
@@ -17,8 +20,9 @@
   var skipReason = document.getElementById("skip-reason");
   var strengths = ["slightly_better", "better", "much_better"];
   var choices = ["A", "B", "tie", "both_bad"];
-  var selects = Array.prototype.slice.call(form.querySelectorAll("select.rank"));
-  var cards = Array.prototype.slice.call(form.querySelectorAll(".rank-card"));
+  var list = document.getElementById("ranking");
+  var cards = Array.prototype.slice.call(form.querySelectorAll(".rank-card"));  // by shown position
+  var selects = cards.map(function (c) { return c.querySelector("select.rank"); });
   var started = Date.now();
   var focus = 0;
   var draft = null;
@@ -30,14 +34,41 @@
   function checked(name) { var r = form.querySelector('input[name="' + name + '"]:checked'); return r ? r.value : null; }
   function setRadio(name, value) { var r = radio(name, value); if (r) { r.checked = true; } }
 
+  // The cards in page order (focus is an index into it).
+  function visual() { return list ? Array.prototype.slice.call(list.querySelectorAll(".rank-card")) : []; }
+  function order() { return visual().map(function (c) { return parseInt(c.dataset.pos, 10); }); }
+
   function showFocus() {
-    cards.forEach(function (c, i) { c.classList.toggle("focused", i === focus); });
+    visual().forEach(function (c, i) {
+      c.classList.toggle("focused", i === focus);
+      var place = c.querySelector(".place");
+      if (place) { place.textContent = "#" + (i + 1); }
+    });
+  }
+
+  // Put the card at page index `to`; the new order sets the ranks (1 = top).
+  function moveTo(card, to) {
+    var now = visual();
+    var from = now.indexOf(card);
+    if (from < 0 || to < 0 || to >= now.length) { return; }
+    if (to !== from) { list.insertBefore(card, to > from ? now[to].nextSibling : now[to]); }
+    visual().forEach(function (c, i) { c.querySelector("select.rank").value = String(i + 1); });
+    focus = to;
+    showFocus();
+    hint.textContent = "";
+    status.textContent = "";
+    save();
+  }
+
+  function setOrder(positions) {
+    if (!list || !positions || positions.length !== k) { return; }
+    positions.forEach(function (p) { if (cards[p]) { list.appendChild(cards[p]); } });
   }
 
   function save() {
     var d = { elapsed: elapsed(), focus: focus, skip_reason: skipReason ? skipReason.value : "" };
     if (kind === "pairwise") { d.choice = checked("choice"); d.strength = checked("strength"); }
-    else { d.ranks = selects.map(function (s) { return s.value; }); }
+    else { d.ranks = selects.map(function (s) { return s.value; }); d.order = order(); }
     try { localStorage.setItem(key, JSON.stringify(d)); } catch (e) { /* storage full or disabled */ }
   }
 
@@ -49,6 +80,7 @@
       if (d.strength) { setRadio("strength", d.strength); }
     } else if (d.ranks) {
       d.ranks.forEach(function (v, i) { if (selects[i] && v) { selects[i].value = v; any = true; } });
+      setOrder(d.order);
       focus = Math.min(d.focus || 0, k - 1);
     }
     if (skipReason && d.skip_reason) { skipReason.value = d.skip_reason; any = true; }
@@ -68,6 +100,7 @@
   }
 
   restore(draft);
+  Array.prototype.slice.call(form.querySelectorAll(".js-only")).forEach(function (el) { el.hidden = false; });
   showFocus();
 
   document.addEventListener("keydown", function (e) {
@@ -97,8 +130,11 @@
       } else { handled = false; }
     } else {
       var r = parseInt(e.key, 10);
-      if (r >= 1 && r <= k) {
-        selects[focus].value = String(r);
+      var step = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1 }[e.key];
+      if (e.shiftKey && step) {
+        moveTo(visual()[focus], focus + step);
+      } else if (r >= 1 && r <= k) {
+        visual()[focus].querySelector("select.rank").value = String(r);
         focus = (focus + 1) % k;
       } else if (e.key === " ") {
         focus = (focus + 1) % k;
@@ -108,7 +144,43 @@
     if (handled) { e.preventDefault(); hint.textContent = ""; save(); }
   });
 
-  cards.forEach(function (c, i) { c.addEventListener("click", function () { focus = i; showFocus(); save(); }); });
+  var dragged = null;
+  cards.forEach(function (c) {
+    c.addEventListener("click", function () { focus = visual().indexOf(c); showFocus(); save(); });
+    Array.prototype.slice.call(c.querySelectorAll("button.move")).forEach(function (b) {
+      b.addEventListener("click", function (e) {
+        e.stopPropagation();
+        moveTo(c, visual().indexOf(c) + parseInt(b.dataset.step, 10));
+      });
+    });
+    var handle = c.querySelector(".handle");
+    if (handle) {
+      handle.addEventListener("dragstart", function (e) {
+        dragged = c;
+        c.classList.add("dragging");
+        e.dataTransfer.effectAllowed = "move";
+        e.dataTransfer.setData("text/plain", c.dataset.pos);
+        if (e.dataTransfer.setDragImage) { e.dataTransfer.setDragImage(c, 16, 16); }
+      });
+      handle.addEventListener("dragend", function () {
+        dragged = null;
+        cards.forEach(function (x) { x.classList.remove("dragging", "drag-over"); });
+      });
+    }
+    c.addEventListener("dragover", function (e) {
+      if (!dragged) { return; }
+      e.preventDefault();  // allows the drop
+      e.dataTransfer.dropEffect = "move";
+      c.classList.add("drag-over");
+    });
+    c.addEventListener("dragleave", function () { c.classList.remove("drag-over"); });
+    c.addEventListener("drop", function (e) {
+      if (!dragged) { return; }
+      e.preventDefault();
+      c.classList.remove("drag-over");
+      moveTo(dragged, visual().indexOf(c));  // the dragged card takes the drop target's place
+    });
+  });
   form.addEventListener("change", save);
   form.addEventListener("submit", function () { timeInput.value = String(Math.round(elapsed())); });
   window.addEventListener("pagehide", save);
