@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rlhf.core import entropy_from_logits, logprobs_from_logits
+from rlhf.models.packing import needs_packing, pack, separates_packed_sequences
 
 
 @dataclass
@@ -204,7 +205,7 @@ def generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torc
 def sample_with_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
                          max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                          eos_token_id: int | Sequence[int], pad_token_id: int, stop_at_eos: bool = True,
-                         min_new_tokens: int = 0) -> Batch:
+                         min_new_tokens: int = 0, drop_finished: bool = True) -> Batch:
     """`generate`, plus the log-prob and entropy of every sampled token under softmax(logits / temperature), taken
     from the sampling step's own logits: PPO's rollout then needs no second policy forward.
 
@@ -213,12 +214,14 @@ def sample_with_logprobs(model: PreTrainedModel, prompt_ids: torch.Tensor, promp
     so with the same seed it draws the same tokens. The log-probs match a full forward (`response_forward`) to
     float32 rounding (~1e-6) in fp32; in bf16/fp16 the cached and full forwards differ by more, so PPO recomputes
     them there (`rollout_logprobs`). Not for parameters sharded across processes (ZeRO-3): use `generate`.
+    drop_finished: a row that has its EOS leaves the batch and the KV cache (generate keeps computing it until
+    every row is done); the sampled tokens are the same either way.
     """
     # inference_mode (~20% faster per step than no_grad on a small model), then normal-tensor copies of the
     # outputs: inference tensors cannot be saved for backward, and these ids feed the training forwards
     with torch.inference_mode():
         out = _sample_loop(model, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, top_k, eos_token_id,
-                           pad_token_id, stop_at_eos, min_new_tokens)
+                           pad_token_id, stop_at_eos, min_new_tokens, drop_finished)
     return Batch(*(x.clone() for x in out))
 
 
@@ -231,7 +234,7 @@ def new_kv_cache(model: PreTrainedModel) -> object:
 
 def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
                  temperature: float, top_p: float, top_k: int, eos_token_id: int | Sequence[int], pad_token_id: int,
-                 stop_at_eos: bool, min_new_tokens: int) -> tuple[torch.Tensor, ...]:
+                 stop_at_eos: bool, min_new_tokens: int, drop_finished: bool = True) -> tuple[torch.Tensor, ...]:
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -260,14 +263,19 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
     sequences = prompt_ids  # only the min-length processor reads it
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     eos = torch.tensor(eos_list(eos_token_id), device=device)
+    rows = torch.arange(B, device=device)  # the rows the model still runs on (all, unless drop_finished)
     tokens, logps, ents = [], [], []
     for _ in range(max_new_tokens):
         out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, cache=cache, use_cache=True,
                     logits_to_keep=1)
         logits = out.logits[:, -1].float()
+        if logits.shape[0] < B:  # finished rows were dropped: zeros there (a uniform draw, replaced by pad below)
+            logits = logits.new_zeros((B, logits.shape[1])).index_copy(0, rows, logits)
         z = logits / temperature if temperature != 1.0 else logits
         probs = torch.softmax(z, dim=-1)  # PPO's distribution: no top-k/top-p/min-length filter
         sample_from = torch.softmax(processors(sequences, z.clone()), dim=-1) if processors else probs
+        # always all B rows: multinomial draws its noise for the whole (B, V) tensor, so dropping finished rows
+        # leaves every running row's draw unchanged (same tokens as without drop_finished; tested)
         nxt = torch.multinomial(sample_from, num_samples=1).squeeze(1)
         if stop_at_eos:
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_token_id))
@@ -283,31 +291,42 @@ def _sample_loop(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: 
             unfinished &= ~torch.isin(nxt, eos)
             if not unfinished.any():
                 break
-        input_ids = nxt[:, None]
         if attn is not None:
-            attn = torch.cat([attn, attn.new_ones(B, 1)], dim=1)
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
             position_ids = position_ids[:, -1:] + 1
+        if drop_finished and stop_at_eos and not bool(unfinished[rows].all()):
+            # early exit of finished rows: out of the batch and the KV cache, so no later step computes them
+            keep = unfinished[rows].nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows = rows[keep]
+            if attn is not None:
+                attn, position_ids = attn[keep], position_ids[keep]
+        input_ids = nxt[rows][:, None]
     if was_training:
         model.train()
     ids, mask, ended = truncate_after_eos(torch.stack(tokens, 1), eos_token_id, pad_token_id)
     return prompt_ids, prompt_mask, ids, mask, ended, torch.stack(logps, 1) * mask, torch.stack(ents, 1) * mask
 
 
-def response_forward(model: PreTrainedModel, batch: Batch, temperature: float = 1.0, with_entropy: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def response_forward(model: PreTrainedModel, batch: Batch, temperature: float = 1.0, with_entropy: bool = False,
+                     packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One forward over prompt+response: (B, R) log-probs of the response tokens, optionally (B, R) entropy, and
     (B, R) values V(s_t) when the model also has a value head (its output has `.token_values`); 0 at padding.
 
-    The LM head only runs on the R+1 positions that predict response tokens. The temperature must be the sampling
-    temperature, or PPO's first ratio is not 1.
+    The LM head only runs on the positions that predict response tokens. The temperature must be the sampling
+    temperature, or PPO's first ratio is not 1. packed: the real tokens only, in one row (rlhf.models.packing),
+    when the batch has padding; equal to the padded forward to float rounding.
     """
     attn = batch.attention_mask
+    mask = batch.response_mask
+    if packed and needs_packing(attn) and bool(mask.any()) and separates_packed_sequences(
+            model, lambda **kw: model(**kw, use_cache=False).logits, batch.input_ids[attn.bool()]):
+        return _packed_response_forward(model, batch, temperature, with_entropy)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # correct positions under left padding
     R = batch.response_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
                 logits_to_keep=R + 1)
     logits = out.logits[:, :-1].float()  # position P-1+t predicts response token t
-    mask = batch.response_mask
     logp = logprobs_from_logits(logits, batch.response_ids, temperature) * mask
     ent = entropy_from_logits(logits, temperature) * mask if with_entropy else None
     values = getattr(out, "token_values", None)  # not `.values`: HF outputs are dicts, .values is a method
@@ -316,8 +335,31 @@ def response_forward(model: PreTrainedModel, batch: Batch, temperature: float = 
     return logp, ent, values
 
 
+def _packed_response_forward(model: PreTrainedModel, batch: Batch, temperature: float, with_entropy: bool
+                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """response_forward on the packed real tokens: the LM head (and the family's own logit scaling / soft-capping,
+    since the model's forward runs) only at the K positions that predict a real response token."""
+    pk = pack(batch.input_ids, batch.attention_mask)
+    P = batch.prompt_ids.shape[1]
+    rows, t = batch.response_mask.nonzero(as_tuple=True)  # the K real response tokens, row after row
+    keep = pk.index_of(rows, P + t - 1)  # response token t of row b sits at column P+t, predicted at P+t-1
+    out = model(input_ids=pk.ids, position_ids=pk.position_ids, use_cache=False, logits_to_keep=keep)
+    logits = out.logits.float()  # (1, K, V)
+    shape, where = batch.response_mask.shape, (rows, t)
+
+    def scatter(x: torch.Tensor) -> torch.Tensor:  # (K,) -> (B, R), 0 at padding (differentiable)
+        return x.new_zeros(shape).index_put(where, x)
+
+    logp = scatter(logprobs_from_logits(logits, batch.response_ids[where][None], temperature)[0])
+    ent = scatter(entropy_from_logits(logits, temperature)[0]) if with_entropy else None
+    values = getattr(out, "token_values", None)
+    if values is not None:
+        values = scatter(values[0, keep])
+    return logp, ent, values
+
+
 def response_logprobs(model: PreTrainedModel, batch: Batch, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      with_entropy: bool = False, packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, R) log-probs of the response tokens (0 at padding), and optionally per-token entropy."""
-    logp, ent, _ = response_forward(model, batch, temperature, with_entropy)
+    logp, ent, _ = response_forward(model, batch, temperature, with_entropy, packed)
     return logp, ent

@@ -58,16 +58,17 @@ class LastTokenScorer(torch.nn.Module):
     """Wraps one HF scalar-head model so `accelerate.prepare` (DDP/FSDP) sees a module whose forward returns the
     (B,) score at each row's last real token (mask-based, so any padding layout and pad == EOS both work)."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, packed: bool = False):
         super().__init__()
         self.model = model
+        self.packed = packed  # padding-free forwards where no layout is given (rlhf.models.packing)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 layout: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """layout: a `shared_prefix_layout` of these rows: each group's common prefix is then computed once."""
         if layout is not None:
             return score_with_shared_prefix(self.model, layout)
-        return score_at_last_token(self.model, input_ids, attention_mask)
+        return score_at_last_token(self.model, input_ids, attention_mask, self.packed)
 
 
 class RewardModel(torch.nn.Module):
@@ -86,6 +87,7 @@ class RewardModel(torch.nn.Module):
         self.gain_values, self.bias_values = [float(g) for g in gains], [float(b) for b in biases]
         self.tokenizer_path = tokenizer_path
         self.member_paths = member_paths or []
+        self.packed = False  # padding-free forwards (rlhf.models.packing); the PPO loop sets its pack_sequences
 
     @property
     def gain(self) -> float:
@@ -97,7 +99,7 @@ class RewardModel(torch.nn.Module):
 
     def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (N, B) un-normalised head outputs at each row's last real token, one row per member."""
-        return torch.stack([score_at_last_token(m, input_ids, attention_mask) for m in self.members])
+        return torch.stack([score_at_last_token(m, input_ids, attention_mask, self.packed) for m in self.members])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids and mask -> (score (B,), member scores (N, B)), both normalised (float32).

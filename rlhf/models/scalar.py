@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rlhf.models.loading import scalar_head
+from rlhf.models.packing import needs_packing, pack, separates_packed_sequences
 
 
 def backbone(model: PreTrainedModel) -> torch.nn.Module:
@@ -13,12 +14,20 @@ def backbone(model: PreTrainedModel) -> torch.nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
-def per_token_scalars(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def per_token_scalars(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      packed: bool = False) -> torch.Tensor:
     """(B, T) ids and mask -> (B, T) head outputs at every position (float32).
 
     Calls the backbone and the head directly: the stock `*ForSequenceClassification.forward` pools at the last
-    non-pad *id*, which is wrong when pad == EOS; we pool by the attention mask instead.
+    non-pad *id*, which is wrong when pad == EOS; we pool by the attention mask instead. packed: only the real
+    tokens, in one row (rlhf.models.packing), when there is padding; the outputs at padding are then 0.
     """
+    body = backbone(model)
+    if packed and needs_packing(attention_mask) and separates_packed_sequences(
+            body, lambda **kw: body(**kw, use_cache=False).last_hidden_state, input_ids[attention_mask.bool()]):
+        pk = pack(input_ids, attention_mask)
+        hidden = body(input_ids=pk.ids, position_ids=pk.position_ids, use_cache=False).last_hidden_state
+        return pk.unpack(scalar_head(model)(hidden).float())[..., 0]
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # correct positions under left padding
     hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False).last_hidden_state
@@ -35,9 +44,10 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def score_at_last_token(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def score_at_last_token(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        packed: bool = False) -> torch.Tensor:
     """(B, T) -> (B,) the scalar head read at each row's last real token (the reward)."""
-    values = per_token_scalars(model, input_ids, attention_mask)
+    values = per_token_scalars(model, input_ids, attention_mask, packed)
     idx = last_token_index(attention_mask)
     return values.gather(1, idx[:, None]).squeeze(1)
 
@@ -49,12 +59,13 @@ class PerTokenScalar(torch.nn.Module):
     model is wrapped by `accelerate`.
     """
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, packed: bool = False):
         super().__init__()
         self.model = model
+        self.packed = packed  # padding-free forwards (rlhf.models.packing)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return per_token_scalars(self.model, input_ids, attention_mask)
+        return per_token_scalars(self.model, input_ids, attention_mask, self.packed)
 
 
 def shared_prefix_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: torch.Tensor,

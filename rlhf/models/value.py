@@ -26,13 +26,15 @@ class PolicyWithValueHead(torch.nn.Module):
     def _base(self) -> Any:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
-                logits_to_keep: int = 0, use_cache: bool = False) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0,
+                use_cache: bool = False) -> SimpleNamespace:
         """`.logits` (B, logits_to_keep or T, V) exactly as the LM gives them, and `.token_values` (B, T) float32.
 
         The logits come from the LM's own forward, so each family's output path applies (Granite's
         `logits_scaling`, Cohere's `logit_scale`, Gemma 2's soft-capping, ...); the value head reads the backbone's
-        last hidden state, caught by a forward hook on the way (no second backbone pass)."""
+        last hidden state, caught by a forward hook on the way (no second backbone pass). attention_mask None with
+        restarting position_ids: packed sequences (rlhf.models.packing); `.token_values` then has the packed shape."""
         base = self._base()
         seen: dict[str, torch.Tensor] = {}
 

@@ -84,6 +84,11 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
                                        "(less memory, ~30% slower training; generation is unaffected)")
     load_in: LoadIn = opt("", "'' (full precision), 4bit (QLoRA) or 8bit policy base and reward model via "
                           "bitsandbytes: CUDA only, needs lora_r > 0")
+    pack_sequences: Literal["auto", "on", "off"] = opt(
+        "auto", "padding-free scoring and training forwards: the real tokens of a batch in one row with restarting "
+        "positions, so no matmul runs on padding (same results to float rounding; rlhf.models.packing, "
+        "docs/performance.md); auto = on in fp32, off in bf16/fp16, where a packed row's rounding depends on its "
+        "neighbours and the first PPO ratio is then not exactly 1")
     rollout_logprobs: Literal["auto", "sampler", "recompute"] = opt(
         "auto", "where the rollout's log-probs come from: sampler (the sampling step's own logits: no extra policy "
         "forward; equal to a full forward to ~1e-6 in fp32), recompute (one more forward after sampling), or auto "
@@ -112,6 +117,11 @@ class OnPolicyOptions(CheckpointOptions, TrainPrecisionOptions, RunOptions):
     lagrange_lr: float = opt(0.1, "multiplier step: lambda <- max(0, lambda + lagrange_lr * (batch mean cost - "
                              "threshold)) each update")
     lagrange_init: float = opt(0.0, "multiplier at update 1 (>= 0)")
+
+    @property
+    def packed(self) -> bool:
+        """Whether scoring and training forwards are packed (pack_sequences resolved for the dtype)."""
+        return self.pack_sequences == "on" or (self.pack_sequences == "auto" and self.dtype == "fp32")
 
     def validate(self) -> None:
         super().validate()  # every Literal field holds one of its choices (also for a config made in Python)

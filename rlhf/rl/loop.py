@@ -301,6 +301,7 @@ def load_models(cfg: Any, device: torch.device, load_value: Callable[[Any, Any, 
     policy = prepare_quantized(policy, cfg.load_in, cfg.gradient_checkpointing)
     context = getattr(policy.config.get_text_config(), "max_position_embeddings", None)
     reward = load_reward_model(cfg.reward, dtype=cfg.dtype, device=str(device))
+    reward.packed = cfg.packed
     _check_tokenizers(tok, reward.tokenizer_path, cfg)
     value = load_value(cfg, tok, device) if load_value is not None else None
     if cfg.gradient_checkpointing:

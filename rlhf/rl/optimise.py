@@ -123,7 +123,7 @@ def policy_term(cfg: Any, policy: Any, rollout: Any, micro: Micro, advantages: t
     surrogate on `advantages` (B, R) minus cfg.entropy_coef x entropy. Returns (logp, the forward's values or None,
     loss, stats under the metric names). `policy_loss` is `core.ppo_policy_loss` (a stage passes its own name for
     it so that a test can wrap it); clip False gives the unclipped -A * ratio (REINFORCE on-policy)."""
-    logp, ent, values = _forward(policy, micro.batch, cfg.temperature, cfg.entropy_coef > 0)
+    logp, ent, values = _forward(policy, micro.batch, cfg.temperature, cfg.entropy_coef > 0, cfg.packed)
     gap.record(logp, micro)
     # importance weights for a sampler that is not the trainer (is_correction; 1 = none)
     kw: dict[str, Any] = {} if is_w is None else {"weights": is_w[micro.ix]}
@@ -137,10 +137,10 @@ def policy_term(cfg: Any, policy: Any, rollout: Any, micro: Micro, advantages: t
     return logp, values, pg_loss + cfg.entropy_coef * ent_loss, stats
 
 
-def _forward(policy: Any, batch: Any, temperature: float, with_entropy: bool) -> tuple[Any, Any, Any]:
+def _forward(policy: Any, batch: Any, temperature: float, with_entropy: bool, packed: bool) -> tuple[Any, Any, Any]:
     from rlhf.models.generation import response_forward
 
-    return response_forward(policy, batch, temperature, with_entropy=with_entropy)
+    return response_forward(policy, batch, temperature, with_entropy=with_entropy, packed=packed)
 
 
 def clip_each(acc: Any, models: list[Any], max_norm: float) -> None:

@@ -121,10 +121,12 @@ def collect(cfg: Any, update: int, acc: Any, s: Any, *, k: int = 1, values_fn: A
         if s.sampler_logprobs:
             old_logp, entropy, values = batch.logprobs, batch.entropy, None
         else:  # one more policy forward over the rollout (it also gives a shared value head's values)
-            old_logp, entropy, values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True)
+            old_logp, entropy, values = response_forward(unwrapped, batch, cfg.temperature, with_entropy=True,
+                                                        packed=cfg.packed)
         # the reference under the policy's autocast: same weights, same compute path -> KL 0 before the first step
         with reference(s.m.ref, unwrapped), acc.autocast():
-            ref_logp, _, _ = response_forward(s.m.ref if s.m.ref is not None else unwrapped, batch, cfg.temperature)
+            ref_logp, _, _ = response_forward(s.m.ref if s.m.ref is not None else unwrapped, batch, cfg.temperature,
+                                              packed=cfg.packed)
         if values_fn is not None:
             values = values_fn(batch)
     t_score = time.perf_counter()

@@ -228,7 +228,7 @@ def load_value(cfg: PPOConfig, tok: Any, device: Any) -> Any:
     if cfg.value_head_init == "auto" and not zero_head:
         say(f"[ppo] value model {cfg.value} is from `rlhf value-pretrain`: its head is kept")
     value = PerTokenScalar(load_scalar_model(cfg.value or cfg.reward, "fp32", pad_token_id=tok.pad_token_id,
-                                             init_head_std=0.0 if zero_head else None))
+                                             init_head_std=0.0 if zero_head else None), packed=cfg.packed)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(value.model)
     return value

@@ -110,6 +110,9 @@ class RewardConfig(ModelOptions, PreferenceDataOptions, LoopOptions, EarlyStoppi
     shared_prefix: bool = opt(True, "in training, run the prompt the responses of a batch share once (a KV cache "
                               "reused by each response; same scores and gradients) when that saves >= 10% of the "
                               "tokens; off under gradient checkpointing, which drops the cache")
+    pack_sequences: bool = opt(True, "padding-free forwards where no shared prefix is used (training batches "
+                               "where it saves < 10%, evaluation): the real tokens in one row with restarting positions; "
+                               "same scores to float rounding (rlhf.models.packing)")
     resume: bool = opt(False, "continue from out/checkpoint (and members/N/checkpoint) if present")
 
     def validate(self) -> None:
@@ -198,7 +201,7 @@ def train_member(cfg: RewardConfig, member: int, tokenizer: Any, table: Sequence
     seed = cfg.seed + member
     set_seed(seed)
     model, peft_model = build_model(cfg, tokenizer, seed)
-    scorer = LastTokenScorer(model)
+    scorer = LastTokenScorer(model, packed=cfg.pack_sequences)
     tag = f"reward[{member}]" if cfg.ensemble > 1 else "reward"
     shared_prefix = cfg.shared_prefix and not cfg.gradient_checkpointing
 
