@@ -73,9 +73,17 @@ class Arch:
         return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
 
     def params(self) -> int:
-        per_layer = sum(a * b for a, b in self.layer_linears()) + 2 * self.hidden_size
+        per_layer = self.layer_params()
         embed = self.vocab_size * self.hidden_size
         return embed * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * per_layer + self.hidden_size
+
+    def reward_params(self) -> int:
+        """A scalar-head model's: no LM head (a tied one is the embedding, which stays)."""
+        return self.params() - (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size)
+
+    def layer_params(self) -> int:
+        """One decoder block's (its linears and two norms)."""
+        return sum(a * b for a, b in self.layer_linears()) + 2 * self.hidden_size
 
     def lora_params(self, r: int) -> int:
         return self.num_hidden_layers * sum(r * (a + b) for a, b in self.layer_linears())
@@ -215,6 +223,11 @@ def _kv_cache(arch: Arch, seqs: int, length: int, dtype_bytes: float) -> float:
     return 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * dtype_bytes * seqs * length
 
 
+def _ref_dtype(cfg: Any) -> str:
+    """The reference model's storage: ref_dtype, where auto is the policy's own fp32 weights (rlhf.rl.loop)."""
+    return "fp32" if getattr(cfg, "ref_dtype", "auto") == "auto" else cfg.ref_dtype
+
+
 def _model_bytes(arch: Arch, cfg: Any, shards: int) -> tuple[float, str]:
     """(bytes per GPU, description) of one trained model: full (16 bytes/param, sharded under ZeRO-3) or a frozen
     base in dtype / 4/8-bit plus 16 bytes per LoRA parameter."""
@@ -228,18 +241,49 @@ def _model_bytes(arch: Arch, cfg: Any, shards: int) -> tuple[float, str]:
         (f", sharded over {shards} GPUs)" if shards > 1 else ")")
 
 
+def working_memory(r: Recipe) -> dict[str, tuple[str, float]]:
+    """Per training stage, the (item, GiB per GPU) of what is not model state: activations (and PPO's rollout KV
+    cache and buffers). Every engine here is data-parallel, so each GPU holds its own micro-batch's: not sharded."""
+    arch, out = r.arch, {}
+    dbytes = {s: STORED_BYTES[getattr(c, "dtype", "fp32")] for s, c in r.configs.items()}
+    if "sft" in r.configs:
+        c = r.configs["sft"]
+        out["sft"] = (f"activations: {c.batch_size} x {c.max_length} tokens, checkpointing "
+                      f"{'on' if c.gradient_checkpointing else 'off'}",
+                      _activations(arch, c.batch_size * c.max_length, c.gradient_checkpointing, dbytes["sft"]) / GIB)
+    if "reward" in r.configs:
+        c = r.configs["reward"]
+        length = c.max_length or min(arch.max_position_embeddings, 2048)
+        acts = _activations(arch, 2 * c.batch_size * length, c.gradient_checkpointing, dbytes["reward"], logits=False)
+        out["reward"] = (f"activations: {2 * c.batch_size} sequences (chosen+rejected) x {length} tokens, "
+                         f"checkpointing {'on' if c.gradient_checkpointing else 'off'}", acts / GIB)
+    if "ppo" in r.configs:
+        c = r.configs["ppo"]
+        prompt_len = 512 if "sft" not in r.configs else min(512, r.configs["sft"].max_length)
+        seq = prompt_len + c.max_new_tokens
+        local = c.rollout_batch_size // r.gpus
+        micro = max(1, local // c.num_minibatches // c.grad_accum)
+        gen = c.generation_batch_size or local
+        train = _activations(arch, micro * seq, c.gradient_checkpointing, dbytes["ppo"])
+        if not c.shared_value_head:  # the value model's backward too (a scalar head: no logits)
+            train += _activations(arch, micro * seq, c.gradient_checkpointing, dbytes["ppo"], logits=False)
+        rollout = _kv_cache(arch, gen, seq, dbytes["ppo"]) + 3 * local * seq * 4 * 4  # + rollout buffers
+        out["ppo"] = (f"peak of training micro-batch ({micro} x {seq} tokens, checkpointing "
+                      f"{'on' if c.gradient_checkpointing else 'off'}) and rollout KV cache ({gen} sequences)",
+                      max(train, rollout) / GIB)
+    return out
+
+
 def estimate(r: Recipe) -> dict[str, list[tuple[str, float]]]:
     """Per stage, the (item, GiB per GPU) lines of the estimate; their sum is the stage's peak."""
     arch, out = r.arch, {}
     shards = _zero3(r)
     dbytes = {s: STORED_BYTES[getattr(c, "dtype", "fp32")] for s, c in r.configs.items()}
+    work = working_memory(r)
     if "sft" in r.configs:
         c = r.configs["sft"]
         m, desc = _model_bytes(arch, c, shards)
-        out["sft"] = [(f"policy: {desc}", m / GIB),
-                      (f"activations: {c.batch_size} x {c.max_length} tokens, checkpointing "
-                       f"{'on' if c.gradient_checkpointing else 'off'}",
-                       _activations(arch, c.batch_size * c.max_length, c.gradient_checkpointing, dbytes["sft"]) / GIB)]
+        out["sft"] = [(f"policy: {desc}", m / GIB), work["sft"]]
     if "sample" in r.configs:
         c = r.configs["sample"]
         out["sample"] = [(f"model in {c.dtype}", arch.params() * dbytes["sample"] / GIB),
@@ -248,39 +292,25 @@ def estimate(r: Recipe) -> dict[str, list[tuple[str, float]]]:
     if "reward" in r.configs:
         c = r.configs["reward"]
         m, desc = _model_bytes(arch, c, shards)
-        length = c.max_length or min(arch.max_position_embeddings, 2048)
         m -= arch.vocab_size * arch.hidden_size * (0 if arch.tie_word_embeddings else 1) * (
             TRAINED_BYTES / shards if not c.lora_r else STORED_BYTES[c.load_in or c.dtype])  # no LM head
-        acts = _activations(arch, 2 * c.batch_size * length, c.gradient_checkpointing, dbytes["reward"], logits=False)
-        out["reward"] = [(f"reward model: {desc} (no LM head)", m / GIB),
-                         (f"activations: {2 * c.batch_size} sequences (chosen+rejected) x {length} tokens, "
-                          f"checkpointing {'on' if c.gradient_checkpointing else 'off'}", acts / GIB)]
+        out["reward"] = [(f"reward model: {desc} (no LM head)", m / GIB), work["reward"]]
     if "ppo" in r.configs:
         c = r.configs["ppo"]
-        prompt_len = 512 if "sft" not in r.configs else min(512, r.configs["sft"].max_length)
-        seq = prompt_len + c.max_new_tokens
         m, desc = _model_bytes(arch, c, shards)
-        frozen = arch.params() * STORED_BYTES[c.load_in or c.dtype]
+        frozen = arch.reward_params() * STORED_BYTES[c.load_in or c.dtype]
         lines = [(f"policy: {desc}", m / GIB)]
         lines.append(("reference: the policy with adapters off (no copy)", 0.0) if c.lora_r else
-                     (f"reference: frozen copy in {c.dtype}, on every GPU", arch.params() * dbytes["ppo"] / GIB))
-        lines.append((f"reward model: frozen in {c.load_in or c.dtype}, on every GPU", frozen / GIB))
+                     (f"reference: frozen copy in {_ref_dtype(c)} (ref_dtype {c.ref_dtype}), on every GPU",
+                      arch.params() * STORED_BYTES[_ref_dtype(c)] / GIB))
+        lines.append((f"reward model: frozen in {c.load_in or c.dtype} (no LM head), on every GPU", frozen / GIB))
         if c.shared_value_head:
             lines.append(("value: a head on the policy (shared_value_head)", 0.0))
         else:
             cv = dataclasses.replace(c, lora_r=0)
             vm, vdesc = _model_bytes(arch, cv, shards)
             lines.append((f"value model: {vdesc}", vm / GIB))
-        local = c.rollout_batch_size // r.gpus
-        micro = max(1, local // c.num_minibatches // c.grad_accum)
-        gen = c.generation_batch_size or local
-        train = _activations(arch, micro * seq, c.gradient_checkpointing, dbytes["ppo"])
-        if not c.shared_value_head:  # the value model's backward too (a scalar head: no logits)
-            train += _activations(arch, micro * seq, c.gradient_checkpointing, dbytes["ppo"], logits=False)
-        rollout = _kv_cache(arch, gen, seq, dbytes["ppo"]) + 3 * local * seq * 4 * 4  # + rollout buffers
-        lines.append((f"peak of training micro-batch ({micro} x {seq} tokens, checkpointing "
-                      f"{'on' if c.gradient_checkpointing else 'off'}) and rollout KV cache ({gen} sequences)",
-                      max(train, rollout) / GIB))
+        lines.append(work["ppo"])
         out["ppo"] = lines
     if "eval" in r.configs:
         c = r.configs["eval"]
@@ -291,6 +321,144 @@ def estimate(r: Recipe) -> dict[str, list[tuple[str, float]]]:
     for lines in out.values():
         lines.append(("CUDA context and allocator overhead", CUDA_OVERHEAD_GIB))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sharded plan: FSDP2 and ZeRO-3 side by side, for a recipe on 2+ GPUs (docs/distributed.md)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How an engine stores a trained parameter, in bytes per parameter, each part split over the N GPUs."""
+    name: str
+    config: str
+    param_bytes: float
+    grad_bytes: float
+    optimizer_bytes: float
+    how: str
+
+
+# 16 bytes per trained parameter under both (as TRAINED_BYTES), split differently:
+ENGINES = (
+    # accelerate upcasts the trained parameters to fp32 before fully_shard (they are the master weights) and
+    # computes in bf16 through MixedPrecisionPolicy; gradients are reduced into the fp32 shards
+    Engine("FSDP2", "configs/accelerate/fsdp2.yaml", 4, 4, 8,
+           "fp32 parameter shards (the master weights), fp32 gradient shards, Adam's two fp32 moments"),
+    # ZeRO with bf16: 2 + 2 + 12 bytes per parameter (Rajbhandari et al. 2020, section 3.1), all three partitioned
+    Engine("ZeRO-3", "configs/accelerate/zero3.yaml", 2, 2, 12,
+           "bf16 parameter and gradient partitions; the optimiser state holds the fp32 master copy and Adam's moments"),
+)
+GATHER_BF16 = 2  # both gather parameters for compute in bf16 (MixedPrecisionPolicy.param_dtype; ZeRO's bf16 copy)
+ZERO3_MAX_LIVE_PARAMETERS = 1e9  # DeepSpeed's default stage3_max_live_parameters (zero3.yaml does not set it)
+
+
+@dataclass
+class Shard:
+    """One model's state in one stage under one engine, in bytes: totals over all GPUs, and what one GPU holds."""
+    model: str  # policy, value, reference, reward
+    desc: str
+    params: float
+    grads: float
+    optimizer: float
+    sharded: bool  # trained (prepared by the engine): split over the GPUs; frozen: a whole copy on every GPU
+    gpus: int
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    def per_gpu(self, part: str = "total") -> float:
+        return getattr(self, part) / (self.gpus if self.sharded else 1)
+
+
+def _trained(model: str, arch: Arch, n: int, cfg: Any, e: Engine, gpus: int) -> Shard:
+    """A model the engine prepares: its trained parameters at the engine's bytes; with LoRA the frozen base sits in
+    the same prepared module, so it is sharded too, at its storage dtype."""
+    if getattr(cfg, "lora_r", 0):
+        lora, base = arch.lora_params(cfg.lora_r), STORED_BYTES[cfg.load_in or cfg.dtype]
+        return Shard(model, f"{n / 1e9:.2f}B frozen in {cfg.load_in or cfg.dtype} + {lora / 1e6:.1f}M LoRA trained",
+                     n * base + lora * e.param_bytes, lora * e.grad_bytes, lora * e.optimizer_bytes, True, gpus)
+    return Shard(model, f"{n / 1e9:.2f}B trained", n * e.param_bytes, n * e.grad_bytes, n * e.optimizer_bytes, True,
+                 gpus)
+
+
+def _frozen(model: str, n: int, dtype: str, gpus: int) -> Shard:
+    return Shard(model, f"{n / 1e9:.2f}B frozen in {dtype}, whole on every GPU", n * STORED_BYTES[dtype], 0, 0, False,
+                 gpus)
+
+
+def _gathered(arch: Arch, e: Engine) -> tuple[str, float]:
+    """(what, bytes) of trained parameters gathered whole for compute at one time, per GPU (transient)."""
+    if e.name == "FSDP2":  # one unit per decoder layer; the root (embeddings, LM head, norm) stays gathered from
+        root = arch.params() - arch.num_hidden_layers * arch.layer_params()  # forward to backward
+        return ("gathers the root unit (embeddings, LM head, kept from forward to backward) and 2 decoder layers "
+                "(one prefetched) in bf16", (root + 2 * arch.layer_params()) * GATHER_BF16)
+    live = min(ZERO3_MAX_LIVE_PARAMETERS, arch.params())
+    return (f"gathers up to stage3_max_live_parameters (DeepSpeed's default 1e9; {live / 1e9:.2f}B here) in bf16",
+            live * GATHER_BF16)
+
+
+def sharded_plan(r: Recipe, e: Engine) -> dict[str, list[Shard]]:
+    """Per training stage, each model's params, grads and optimiser state under engine `e` on r.gpus GPUs."""
+    arch, n, g, out = r.arch, r.arch.params(), r.gpus, {}
+    if "sft" in r.configs:
+        out["sft"] = [_trained("policy", arch, n, r.configs["sft"], e, g)]
+    if "reward" in r.configs:
+        out["reward"] = [_trained("reward", arch, arch.reward_params(), r.configs["reward"], e, g)]
+    if "ppo" in r.configs:
+        c = r.configs["ppo"]
+        shards = [_trained("policy", arch, n, c, e, g)]
+        if c.shared_value_head:
+            shards.append(Shard("value", "a head on the policy (shared_value_head)", 0, 0, 0, True, g))
+        else:
+            shards.append(_trained("value", arch, arch.reward_params(), dataclasses.replace(c, lora_r=0), e, g))
+        shards.append(Shard("reference", "the policy with adapters off (no copy)", 0, 0, 0, False, g) if c.lora_r
+                      else _frozen("reference", n, _ref_dtype(c), g))
+        shards.append(_frozen("reward", arch.reward_params(), c.load_in or c.dtype, g))
+        out["ppo"] = shards
+    return out
+
+
+def format_sharded(r: Recipe) -> list[str]:
+    """The FSDP2 and ZeRO-3 plans side by side: per model, GiB per GPU as params + grads + optimiser."""
+    plans = {e.name: sharded_plan(r, e) for e in ENGINES}
+    work = working_memory(r)
+    col = 30
+    lines = [f"sharded plan over {r.gpus} GPUs, GiB per GPU (params + grads + optimiser = total); trained state is "
+             f"split {r.gpus} ways, frozen models are whole on every GPU:"]
+    lines += [f"    {e.name}: {e.how} ({e.param_bytes:g} + {e.grad_bytes:g} + {e.optimizer_bytes:g} bytes per trained "
+              f"parameter; {e.config})" for e in ENGINES]
+    for stage in plans[ENGINES[0].name]:
+        lines.append(f"{stage + ':':66}" + "".join(f"{e.name:>{col}}" for e in ENGINES))
+        rows: list[tuple[str, list[str]]] = []
+        totals = {e.name: 0.0 for e in ENGINES}
+        for i, first in enumerate(plans[ENGINES[0].name][stage]):
+            cells = []
+            for e in ENGINES:
+                s = plans[e.name][stage][i]
+                totals[e.name] += s.per_gpu()
+                cells.append(f"{s.per_gpu('params') / GIB:.1f} + {s.per_gpu('grads') / GIB:.1f} + "
+                             f"{s.per_gpu('optimizer') / GIB:.1f} = {s.per_gpu() / GIB:.1f}" if s.sharded and s.total
+                             else f"{s.per_gpu() / GIB:.1f}")
+            rows.append((f"{first.model}: {first.desc}", cells))
+        cells = []
+        for e in ENGINES:
+            what, b = _gathered(r.arch, e)
+            totals[e.name] += b
+            cells.append(f"{b / GIB:.1f}")
+        rows.append(("gathered for compute (transient, below)", cells))
+        for what, gib in (("activations" + (" / rollout KV cache" if stage == "ppo" else "") + " (as above, not sharded)",
+                           work[stage][1]),
+                          ("CUDA context and allocator overhead", CUDA_OVERHEAD_GIB)):
+            rows.append((what, [f"{gib:.1f}"] * len(ENGINES)))
+            for e in ENGINES:
+                totals[e.name] += gib * GIB
+        rows.append((f"total, per GPU (of {r.gpu_memory_gib:g} GiB)",
+                     [f"{totals[e.name] / GIB:.1f} " + ("fits" if totals[e.name] / GIB <= r.gpu_memory_gib
+                                                        else "DOES NOT FIT") for e in ENGINES]))
+        lines += [f"    {label[:62]:62}" + "".join(f"{c:>{col}}" for c in cells) for label, cells in rows]
+    lines += [f"    {e.name} {_gathered(r.arch, e)[0]}" for e in ENGINES]
+    return lines
 
 
 KNOBS = {
@@ -323,6 +491,8 @@ def format_plan(r: Recipe, est: dict[str, list[tuple[str, float]]]) -> str:
         lines += [f"    {g:7.1f} GiB  {what}" for what, g in items]
         lines.append(f"    {total:7.1f} GiB  per GPU of {r.gpu_memory_gib:g}: "
                      + ("fits" if fits else "DOES NOT FIT; turn: " + "; ".join(KNOBS[stage])))
+    if r.gpus > 1 and any(stage in r.configs for stage in ("sft", "reward", "ppo")):
+        lines += [""] + format_sharded(r)
     lines += ["", "estimates are +-20%: the memory model is in docs/recipes.md"] + [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 

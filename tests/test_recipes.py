@@ -129,3 +129,77 @@ def test_main_prints_usage_and_errors(capsys, tmp_path):
     assert plan.main([]) == 2
     assert plan.main([str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+# --- the sharded plan (FSDP2 and ZeRO-3), printed for recipes on 2+ GPUs -----------------------------------------
+
+LLAMA_8B = 8_030_261_248  # the published parameter count
+LLAMA_8B_NO_HEAD = LLAMA_8B - 128256 * 4096  # a reward/value model: the LM head replaced by a scalar head
+EIGHT_GPU = ROOT / "configs" / "recipes" / "llama3.1-8b-zero3-8gpu.yaml"
+
+
+@pytest.mark.parametrize("engine", plan.ENGINES, ids=lambda e: e.name)
+def test_sharded_plan_follows_the_formulas(engine):
+    """Trained state: each of params, grads and optimiser state is total/N per GPU, and the three add up to 16 bytes
+    per parameter under either engine; frozen models are whole on every GPU in their storage dtype."""
+    r = plan.load_recipe(EIGHT_GPU)
+    assert r.gpus == 8 and r.configs["ppo"].shared_value_head and r.configs["ppo"].ref_dtype == "auto"
+    bytes_per = {"FSDP2": (4, 4, 8), "ZeRO-3": (2, 2, 12)}[engine.name]
+    assert sum(bytes_per) == plan.TRAINED_BYTES
+    p = plan.sharded_plan(r, engine)
+    assert set(p) == {"sft", "reward", "ppo"}
+    trained = {"sft": [("policy", LLAMA_8B)], "reward": [("reward", LLAMA_8B_NO_HEAD)], "ppo": [("policy", LLAMA_8B)]}
+    for stage, models in trained.items():
+        for name, n in models:
+            s = next(s for s in p[stage] if s.model == name)
+            assert s.sharded
+            for part, b in zip(("params", "grads", "optimizer"), bytes_per):
+                assert getattr(s, part) == n * b
+                assert s.per_gpu(part) == n * b / 8
+            assert s.per_gpu() == pytest.approx(16 * n / 8)
+    ppo = {s.model: s for s in p["ppo"]}
+    assert ppo["value"].total == 0  # shared_value_head: a head on the policy
+    assert not ppo["reference"].sharded and ppo["reference"].per_gpu() == LLAMA_8B * 4  # ref_dtype auto = fp32
+    assert not ppo["reward"].sharded and ppo["reward"].per_gpu() == LLAMA_8B_NO_HEAD * 2  # bf16
+    assert ppo["reference"].grads == ppo["reference"].optimizer == 0
+    r.configs["ppo"].ref_dtype = "bf16"
+    assert {s.model: s for s in plan.sharded_plan(r, engine)["ppo"]}["reference"].per_gpu() == LLAMA_8B * 2
+
+
+def test_sharded_plan_halves_trained_state_with_twice_the_gpus_and_shards_a_separate_value_model():
+    r = plan.load_recipe(EIGHT_GPU)
+    fsdp2 = plan.ENGINES[0]
+    before = {s.model: s.per_gpu() for s in plan.sharded_plan(r, fsdp2)["ppo"]}
+    r.gpus = 16
+    r.configs["ppo"].shared_value_head = False
+    after = {s.model: s for s in plan.sharded_plan(r, fsdp2)["ppo"]}
+    assert after["policy"].per_gpu() == pytest.approx(before["policy"] / 2)
+    assert after["reference"].per_gpu() == before["reference"] and after["reward"].per_gpu() == before["reward"]
+    assert after["value"].sharded and after["value"].per_gpu() == pytest.approx(16 * LLAMA_8B_NO_HEAD / 16)
+
+
+def test_dry_run_of_the_8_gpu_recipe_shows_both_engines(capsys):
+    plan.dry_run(EIGHT_GPU)
+    out = capsys.readouterr().out
+    sharded = out[out.index("sharded plan over 8 GPUs"):]
+    gib = 1024**3
+    f = lambda x: f"{x / gib:.1f}"  # noqa: E731
+    n = LLAMA_8B
+    fsdp2 = f"{f(4 * n / 8)} + {f(4 * n / 8)} + {f(8 * n / 8)} = {f(16 * n / 8)}"
+    zero3 = f"{f(2 * n / 8)} + {f(2 * n / 8)} + {f(12 * n / 8)} = {f(16 * n / 8)}"
+    for stage in ("sft", "reward", "ppo"):
+        block = sharded[sharded.index(f"\n{stage}:"):]
+        header = block.splitlines()[1]
+        assert header.split()[-2:] == ["FSDP2", "ZeRO-3"]
+    policy = next(line for line in sharded[sharded.index("\nppo:"):].splitlines() if "policy:" in line)
+    assert fsdp2 in policy and zero3 in policy and policy.index(fsdp2) < policy.index(zero3)
+    reference = next(line for line in sharded[sharded.index("\nppo:"):].splitlines() if "reference:" in line)
+    assert reference.split()[-2:] == [f(4 * n), f(4 * n)] and "whole on every GPU" in reference
+    assert sharded.count("fits") == 6  # 3 stages x 2 engines
+    assert out.count("per GPU of") == 5  # the main plan's stage totals are unchanged in form
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p != EIGHT_GPU], ids=lambda p: p.stem)
+def test_one_gpu_recipes_have_no_sharded_plan(path, capsys):
+    plan.dry_run(path)
+    assert "sharded plan" not in capsys.readouterr().out
