@@ -316,6 +316,7 @@ XSS = [
     "[click](&#106;avascript:window.hacked=1)",
     "[click](vbscript:msgbox(1))",
     "[click](data:text/html;base64,PHNjcmlwdD53aW5kb3cuaGFja2VkPTE8L3NjcmlwdD4=)",
+    "[click](data:image/png;base64,iVBORw0KGgo=)",  # markdown-it's own check lets data:image links through; ours not
     "<javascript:window.hacked=1>",
     '![x](data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+) ![y](x" onerror="window.hacked=1)',
     "<svg onload=window.hacked=1>",
