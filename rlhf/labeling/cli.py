@@ -185,6 +185,11 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
             responses, gold, ended = row["responses"], row.get("gold_ranks"), row.get("ended")
             source = {k: row[k] for k in ("prompt_id", "model", "sampling") if k in row}
             source |= {"file": path.name, "line": lineno}
+            prompt = row["prompt"]
+            if isinstance(prompt, list):  # a chat prompt (`rlhf sample` keeps it): shown as turns, exported as messages
+                from rlhf.data.preferences import render_messages
+
+                source["prompt_messages"], prompt = prompt, render_messages(prompt)
             if kind == "ranking":
                 if len(responses) > MAX_RANKING:
                     errors.append(
@@ -192,7 +197,7 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
                         f"{MAX_RANKING}; use --kind pairwise"
                     )
                     continue
-                specs.append(TaskSpec("ranking", row["prompt"], responses, source, overlap, gold, ended))
+                specs.append(TaskSpec("ranking", prompt, responses, source, overlap, gold, ended))
                 continue
             if pairs == "all":
                 index_pairs = list(itertools.combinations(range(len(responses)), 2))
@@ -205,7 +210,7 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
                 e = [ended[i], ended[j]] if ended is not None else None
                 specs.append(
                     TaskSpec(
-                        "pairwise", row["prompt"], [responses[i], responses[j]], source | {"response_indices": [i, j]},
+                        "pairwise", prompt, [responses[i], responses[j]], source | {"response_indices": [i, j]},
                         overlap, g, e,
                     )
                 )  # fmt: skip
@@ -217,8 +222,13 @@ def read_samples(path: Path, kind: str, overlap: int, pairs: str) -> tuple[list[
 def _check_sample(row: Any) -> str | None:
     if not isinstance(row, dict):
         return "expected a JSON object"
-    if not isinstance(row.get("prompt"), str):
-        return "field 'prompt': missing or not a string"
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        if not prompt or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                                 for m in prompt):  # fmt: skip
+            return "field 'prompt': a list of messages must hold objects {'role': str, 'content': str}"
+    elif not isinstance(prompt, str):
+        return "field 'prompt': missing, or not a string or a list of messages"
     responses = row.get("responses")
     if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
         return "field 'responses': expected a list of at least 2 strings"
@@ -236,7 +246,8 @@ def _check_sample(row: Any) -> str | None:
         not isinstance(ended, list) or len(ended) != len(responses) or not all(isinstance(e, bool) for e in ended)
     ):
         return "field 'ended': expected one true/false per response (true: the response stopped by itself at EOS)"
-    if "\x00" in row["prompt"] or any("\x00" in r for r in responses):
+    prompt_texts = [prompt] if isinstance(prompt, str) else [m["content"] + m["role"] for m in prompt]
+    if any("\x00" in t for t in prompt_texts) or any("\x00" in r for r in responses):
         return "field 'responses': text contains a NUL character"
     return None
 

@@ -441,3 +441,35 @@ def test_guidelines_table_is_added_to_an_older_database(db_url: str) -> None:
     with pytest.raises(UserError, match="NUL"):
         store.set_guidelines("a\x00b")
     store.close()
+
+
+def test_chat_samples_become_tasks_shown_as_turns_and_exported_as_messages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`rlhf sample` keeps a prompt that is a list of messages: add-tasks stores it (rendered text for the store,
+    the messages in the source), the page shows the turns, the export writes a conversational row."""
+    from rlhf.labeling.cli import main
+    from rlhf.labeling.export import build_export
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <b>there</b>"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a **colour**."}]  # fmt: skip
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        json.dumps({"prompt_id": "c1", "prompt": chat, "responses": ["Red.", "Blue."]}) + "\n"
+        + json.dumps({"prompt_id": "bad", "prompt": [{"role": "user"}], "responses": ["x", "y"]}) + "\n"
+    )  # fmt: skip
+    db = str(tmp_path / "labels.db")
+    assert main(["label", "add-tasks", "--db", db, str(samples), "--skip-bad"]) == 0
+    assert "samples.jsonl:2: field 'prompt': a list of messages must hold objects" in capsys.readouterr().err
+    store = Store(db)
+    (task,) = store.tasks()
+    assert task.source["prompt_messages"] == chat and task.prompt.startswith("System: Be brief.")
+    env = {"store": store, "labeler": store.create_user("lab", "labeler"), "secret": os.urandom(32).hex().encode()}
+    c = client(env)
+    sign_in(c, env["labeler"])
+    page = c.get("/label").text
+    assert roles_of(page) == ["system", "user", "assistant", "user"]
+    assert "Hi &lt;b&gt;there&lt;/b&gt;" in page and "Name a <strong>colour</strong>." in page
+    aid = re.search(r'name="assignment_id" value="(\d+)"', page).group(1)
+    c.post("/label", data={"csrf_token": csrf_of(page), "assignment_id": aid, "client_id": "w", "choice": "A",
+                           "strength": "better"})  # fmt: skip
+    (row,), _raw, _meta = build_export(store)
+    assert row["prompt"] == chat and row["chosen"][0]["role"] == "assistant"
